@@ -4,3 +4,4 @@ from .errors import ConfigError, Ev2Error, InputSizeError, WeightsError
 from .model import EfficientNet, create_model, list_models
 
 __version__ = "0.1.0"
+from .weights import convert_state_dict, load_pretrained
