@@ -1,0 +1,109 @@
+"""Committed chapters follow the book's conventions: clean (no outputs), kernel python3, a papermill
+``parameters`` cell with ``profile``, the guarded install cell, listed in ``_toc.yml`` (and the toc lists only
+pages that exist), and the repository URL agrees with ``_config.yml`` everywhere (ci/set_repo_url.py)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "ci"))
+import build_book  # noqa: E402
+import set_repo_url  # noqa: E402
+
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+INSTALL_CELL = '''# Install ev2lib on a fresh runtime (Colab); does nothing where it is already importable.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("ev2lib") is None:
+    REPO = "{url}"  # set by ci/set_repo_url.py from _config.yml
+    subprocess.run(["git", "clone", "--depth", "1", REPO, "ev2book"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "ev2book[book]"], check=True)
+    sys.path.insert(0, "ev2book")'''
+
+
+def _ids(paths):
+    return [p.name for p in paths]
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "book/ holds no chapter notebook"
+    assert (ROOT / "book" / "anatomy.ipynb") in NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing"
+    assert "widgets" not in nb.metadata, f"{path.name}: saved widget state in metadata; clear it"
+    assert "papermill" not in nb.metadata, f"{path.name}: this is an executed copy (papermill metadata)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_chapter_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name}: kernelspec must be python3"
+    first, params, install = nb.cells[:3]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), f"{path.name}: cell 1 must be '# Title'"
+    assert params.cell_type == "code" and "parameters" in params.metadata.get("tags", []), \
+        f"{path.name}: cell 2 must be the code cell tagged 'parameters'"
+    assert re.search(r'^profile = "(smoke|colab|full)"', params.source, re.M), \
+        f"{path.name}: the parameters cell must set profile = \"smoke\" | \"colab\" | \"full\""
+    assert re.search(r"^seed = \d+", params.source, re.M), f"{path.name}: the parameters cell must set seed"
+    url, _ = set_repo_url.repository()
+    assert install.cell_type == "code" and install.source.strip() == INSTALL_CELL.format(url=url), \
+        f"{path.name}: cell 3 must be the guarded install cell, exactly (see the chapter conventions)"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for banned in ("matplotlib.use(", "MPLBACKEND", "tqdm.notebook"):
+        assert banned not in code, f"{path.name}: {banned!r} is not allowed in chapters"
+
+
+def test_toc_and_book_folder_agree():
+    pages = build_book.toc_files(ROOT / "_toc.yml")
+    assert pages[0] == "book/intro", "_toc.yml root must be book/intro"
+    missing = [p for p in pages if not (ROOT / f"{p}.ipynb").exists() and not (ROOT / f"{p}.md").exists()]
+    assert not missing, f"_toc.yml lists pages that do not exist: {missing}"
+    listed = {f"{p}.ipynb" for p in pages}
+    unlisted = [str(p.relative_to(ROOT)) for p in NOTEBOOKS if str(p.relative_to(ROOT)) not in listed]
+    assert not unlisted, f"chapters missing from _toc.yml: {unlisted}"
+    assert len(pages) == len(set(pages)), "_toc.yml lists a page twice"
+
+
+def test_intro_lists_every_chapter():
+    intro = (ROOT / "book" / "intro.md").read_text()
+    if "{tableofcontents}" in intro:  # renders every toc entry; the browser test checks the links
+        return
+    for chapter in build_book.chapters(ROOT):
+        assert Path(chapter).stem + ".ipynb" in intro or Path(chapter).stem in intro, f"intro lacks {chapter}"
+
+
+def test_repo_url_agrees_with_config():
+    assert set_repo_url.mismatches() == [], "run `python ci/set_repo_url.py` after changing repository.url"
+
+
+def test_set_repo_url_rewrites_every_place(tmp_path):
+    for name in ("_config.yml",):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build"))
+    (tmp_path / "ev2lib").mkdir()
+    shutil.copy2(ROOT / "ev2lib" / "results.py", tmp_path / "ev2lib" / "results.py")
+    cfg = (tmp_path / "_config.yml").read_text()
+    old, _ = set_repo_url.repository(tmp_path)
+    (tmp_path / "_config.yml").write_text(cfg.replace(old, "https://github.com/someone/fork-of-book")
+                                          .replace("branch: main", "branch: dev"))
+    assert set_repo_url.mismatches(tmp_path)  # now out of date
+    changed = set_repo_url.rewrite(tmp_path)
+    assert tmp_path / "ev2lib" / "results.py" in changed
+    assert set_repo_url.mismatches(tmp_path) == []
+    assert 'REPO_URL = "https://raw.githubusercontent.com/someone/fork-of-book/dev"' in \
+        (tmp_path / "ev2lib" / "results.py").read_text()
+    nb = nbformat.read(tmp_path / "book" / "anatomy.ipynb", as_version=4)
+    assert 'REPO = "https://github.com/someone/fork-of-book"' in nb.cells[2].source
+    json.loads((tmp_path / "book" / "anatomy.ipynb").read_text())  # still valid JSON

@@ -1,0 +1,80 @@
+"""Reference results (``data/results/``): every committed file is valid, a smoke run can never write one, and
+save -> load round-trips with provenance."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ev2lib import results
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "data" / "results"
+
+
+def test_every_committed_result_is_valid():
+    assert RESULTS.is_dir(), "data/results/ is the home of reference results; it must exist"
+    problems = []
+    for path in sorted(RESULTS.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.suffix == ".csv":  # a table that a JSON record with provenance describes
+            if not path.with_suffix(".json").exists():
+                problems.append(f"{path.name}: a CSV needs {path.stem}.json with its provenance")
+            continue
+        if path.suffix != ".json":
+            problems.append(f"{path.name}: only .json records (and .csv tables beside them) belong here")
+            continue
+        try:
+            record = results.load(path.stem, directory=RESULTS)
+        except (results.ResultsError, ValueError) as e:
+            problems.append(f"{path.name}: {e}")
+            continue
+        if record["name"] != path.stem:
+            problems.append(f"{path.name}: its name field is {record['name']!r}")
+        if record["profile"] == "smoke":
+            problems.append(f"{path.name}: a smoke run is never a result")
+    assert not problems, "\n".join(problems)
+
+
+def test_save_refuses_smoke(tmp_path):
+    with pytest.raises(results.ResultsError, match="smoke"):
+        results.save("x", {"a": [1]}, config={}, command="python -m x", profile="smoke", directory=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(results.ResultsError, match="smoke"):  # nor into the repository's folder
+        results.save("never_written", {"a": [1]}, config={}, command="python -m x", profile="smoke")
+    assert not (RESULTS / "never_written.json").exists()
+
+
+def test_round_trip_in_tmp_dir(tmp_path):
+    data = {"epoch": [1, 2], "top1": [0.1, 0.2]}
+    path = results.save("demo", data, config={"lr": 0.1}, command="python -m ev2lib.demo --epochs 2",
+                        profile="cpu-reference", directory=tmp_path)
+    assert path == tmp_path / "demo.json"
+    record = results.load("demo", directory=tmp_path)
+    assert record["data"] == data and record["profile"] == "cpu-reference" and record["config"] == {"lr": 0.1}
+    prov = record["provenance"]
+    assert prov["device_type"] in ("cpu", "cuda") and prov["versions"]["torch"]
+    assert results.list_results(tmp_path) == ["demo"]
+    cap = results.caption(record)
+    assert "profile cpu-reference" in cap and prov["hardware"] in cap
+
+
+@pytest.mark.parametrize("breakage", ["missing", "profile", "command", "commit"])
+def test_validate_rejects_bad_records(tmp_path, breakage):
+    results.save("r", {"v": [1]}, config={}, command="cmd", profile="colab", directory=tmp_path)
+    record = json.loads((tmp_path / "r.json").read_text())
+    if breakage == "missing":
+        del record["provenance"]
+    elif breakage == "profile":
+        record["profile"] = "smoke"
+    elif breakage == "command":
+        record["command"] = " "
+    else:
+        record["provenance"]["git_commit"] = "abc"
+    with pytest.raises(results.ResultsError):
+        results.validate(record)
+    (tmp_path / "r.json").write_text("{not json")
+    with pytest.raises(results.ResultsError, match="not valid JSON"):
+        results.load("r", directory=tmp_path)
