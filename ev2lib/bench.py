@@ -143,7 +143,7 @@ def make_train_step(model: nn.Module, batch_size: int, image_size: int, dtype: s
                     channels_last: bool = False, lr: float = 0.01):
     """A closure running one full training step (forward, loss, backward, SGD update) on fixed random data."""
     device = next(model.parameters()).device
-    x, y = _inputs(batch_size, image_size, device, channels_last, model.num_classes)
+    x, y = _inputs(batch_size, image_size, device, channels_last, getattr(model, "num_classes", 1000))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16" and device.type == "cuda")
     amp = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
@@ -164,7 +164,7 @@ def make_inference(model: nn.Module, batch_size: int, image_size: int, dtype: st
                    channels_last: bool = False):
     """A closure running one eval-mode forward pass under ``torch.inference_mode``."""
     device = next(model.parameters()).device
-    x, _ = _inputs(batch_size, image_size, device, channels_last, model.num_classes)
+    x, _ = _inputs(batch_size, image_size, device, channels_last, getattr(model, "num_classes", 1000))
     amp = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
 
     def infer():
@@ -285,6 +285,9 @@ class BenchResult:
         return s
 
 
+_LARGEST: dict = {}
+
+
 def benchmark(model: str | ModelConfig | EfficientNet, image_size: int, batch_size: int | str = 8,
               device: str = "cpu", dtype: str = "fp32", channels_last: bool = False, repeats: int = 10,
               warmup: int = 3, inference: bool = True, memory: bool = True, find_max_batch: bool = False,
@@ -303,7 +306,10 @@ def benchmark(model: str | ModelConfig | EfficientNet, image_size: int, batch_si
         net.forward_features(torch.zeros(1, 3, image_size, image_size))  # the one-line InputSizeError
     largest = None
     if find_max_batch or batch_size == "max":
-        largest = max_batch_size(net, image_size, dtype, channels_last, max_batch_limit, memory_budget)
+        key = (net.config, image_size, str(device), dtype, channels_last, max_batch_limit, memory_budget)
+        if key not in _LARGEST:  # searched once per model and size, however many batch sizes are timed
+            _LARGEST[key] = max_batch_size(net, image_size, dtype, channels_last, max_batch_limit, memory_budget)
+        largest = _LARGEST[key]
         if largest == 0:
             raise ConfigError(f"{net.config.name} at {image_size} does not fit even batch 1 in memory")
     b = largest if batch_size == "max" else int(batch_size)
@@ -332,7 +338,7 @@ def stage_times(model: EfficientNet, image_size: int, batch_size: int = 8, dtype
     ``requires_grad`` set, and the backward pass starts from a gradient of ones.
     """
     device = next(model.parameters()).device
-    x, _ = _inputs(batch_size, image_size, device, channels_last, model.num_classes)
+    x, _ = _inputs(batch_size, image_size, device, channels_last, getattr(model, "num_classes", 1000))
     amp = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
     model.train()
     out = []
