@@ -23,3 +23,12 @@ echo "[gpu_reference] scaling done at $((SECONDS - start)) s"
 # Table 3: EfficientNet-B4 at 380 with MBConv -> Fused-MBConv in stages none / 1-3 / 1-5 / 1-7.
 "$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-3 1-5 1-7 --image-size 380 --batch-size 32 $GPU --save fused_mbconv_table3_gpu --profile colab
 echo "[gpu_reference] all done in $((SECONDS - start)) s"
+
+# ==================================================================================================================
+# --- progressive learning ablations (issue 6): book/ablations.ipynb ---------------------------------------------
+# Tables 5, 12 and 13 at CIFAR scale, colab profile: 3,000 shared-archive images upsampled to 32/48/64 px, 8 epochs,
+# 3 seeds, bf16 (~8 min; host-side RandAugment bounds it). Writes data/results/ablations_table{5,12,13}_gpu.json,
+# which the chapter shows instead of the *_cpu references.
+start=$SECONDS
+"$PY" -m ev2lib.ablations --table 12 13 5 --profile colab --save
+echo "[gpu_reference] progressive ablations done in $((SECONDS - start)) s"

@@ -127,6 +127,13 @@ class ProgressiveSchedule:
     def stages(self) -> list[StageSettings]:
         return [self.stage(i) for i in range(self.num_stages)]
 
+    def scaled(self, image_size=None, total_epochs: int | None = None, size_multiple: int | None = None):
+        """The same schedule on another image-size range and epoch budget, regularization unchanged: e.g. the
+        paper's V2-S schedule mapped onto CIFAR-sized images, ``paper_schedule().scaled((16, 32), 8, 4)``."""
+        return ProgressiveSchedule(self.num_stages, total_epochs or self.total_epochs, image_size or self.image_size,
+                                   self.randaug, self.mixup, self.cutmix, self.dropout, self.size_rule,
+                                   size_multiple or self.size_multiple, self.name)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, {self.num_stages} stages / {self.total_epochs} epochs, "
                 f"size {self.image_size}, randaug {self.randaug}, mixup {self.mixup}, cutmix {self.cutmix}, "
@@ -163,6 +170,11 @@ class RandomResizeSchedule(ProgressiveSchedule):
         if not 0 <= epoch < self.total_epochs:
             raise ConfigError(f"epoch {epoch} is outside 0..{self.total_epochs - 1}")
         return epoch // self.every
+
+    def scaled(self, image_size=None, total_epochs: int | None = None, size_multiple: int | None = None):
+        return RandomResizeSchedule(total_epochs or self.total_epochs, image_size or self.image_size, self.every,
+                                    self.adaptive, self.seed, size_multiple or self.size_multiple,
+                                    randaug=self.randaug, mixup=self.mixup, cutmix=self.cutmix, dropout=self.dropout)
 
 
 # ------------------------------------------------------------------------------------------------------ presets
