@@ -131,14 +131,15 @@ def random_resized_crop(x: torch.Tensor, size: int, g: torch.Generator, scale=(0
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).round().to(torch.uint8)
 
 
-def eval_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def eval_resize(x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
     """Official eval preprocessing on a uint8 batch: centre crop of ``size/(size+32)`` then resize below 320 px,
-    the whole image squashed to ``size`` at 320 px and above. Identity when the batch already has that size
-    and no crop applies (CIFAR at 32 px is evaluated as is)."""
+    the whole image squashed to ``size`` at 320 px and above. The crop is for large (ImageNet-like) photos: with
+    ``crop=False`` (CIFAR-style "pad" training) or an image no larger than ``size`` the whole image is resized.
+    Identity when the batch already has that size (CIFAR at 32 px is evaluated as is)."""
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
-    if size < SQUASH_FROM:
+    if crop and size < SQUASH_FROM and min(h, w) > size:
         side = int(round(size / (size + 32) * min(h, w)))
         x = v2.functional.center_crop(x, [side, side])
     return v2.functional.resize(x, [size, size], antialias=True)
@@ -407,7 +408,7 @@ class TrainData:
             xs, ys = self.test
             n = min(limit, len(ys)) if limit else len(ys)
             for i in range(0, n, bs):
-                yield normalize(eval_resize(xs[i:min(i + bs, n)], self.eval_size)), ys[i:min(i + bs, n)]
+                yield normalize(eval_resize(xs[i:min(i + bs, n)], self.eval_size, crop=self.crop == "rrc")), ys[i:min(i + bs, n)]
         else:
             ds = self.test if not limit else torch.utils.data.Subset(self.test, range(min(limit, len(self.test))))
             for x, y in torch.utils.data.DataLoader(ds, batch_size=bs, num_workers=self.num_workers):
