@@ -17,6 +17,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 "$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-3 1-5 1-7 --image-size 96 --batch-size 2 --repeats 3 --warmup 1 --no-inference --device cpu --save fused_mbconv_table3_cpu --profile cpu-reference
 # --- training engine (issue 5): book/training.ipynb (~10 min of training on 2 idle cores) ---
 # The CPU preset on all of CIFAR-10 (shared offline archive via EV2_DATA_DIR or ../shared/data), 4 epochs, bf16.
+rm -rf runs/cpu-reference-train
 "$PY" -m ev2lib.train --profile cpu --data cifar10 --progress false --out runs/cpu-reference-train --save-result train_cifar10_cpu
 # --- training-aware NAS and scaling (issue 7): book/nas.ipynb and book/scaling.ipynb ---
 # 50-trial random search on the shared CIFAR-10 (1,024 images, 16 px, 3 epochs per trial, one thread; ~10 min on 2 idle cores).
