@@ -2,15 +2,16 @@
 
     import ev2lib
     model = ev2lib.create_model("efficientnetv2_s", num_classes=10)
-    ev2lib.train.train(ev2lib.make_config("smoke"))      # the training loop (ev2lib.train)
+
+One concept per module: ``configs`` (stage tables), ``blocks``, ``model``, ``weights``, ``summary``, ``bench``,
+``data``, ``train``, ``checkpoint``, ``progressive``, ``ablations``, ``scaling``, ``nas``, ``search``, ``results``.
+Modules with a command line (``python -m ev2lib.summary|bench|train|search|ablations``) are imported on demand,
+e.g. ``from ev2lib.train import make_config, train``.
 """
 __version__ = "0.1.0"
 
-from . import blocks, configs, summary  # noqa: E402
+from . import blocks, configs  # noqa: E402
 from .configs import ModelConfig, Stage, get_config, list_configs  # noqa: E402
 from .errors import ConfigError, Ev2Error, InputSizeError, WeightsError  # noqa: E402
 from .model import EfficientNet, create_model, list_models  # noqa: E402
 from .weights import convert_state_dict, load_pretrained  # noqa: E402
-from .data import load_data  # noqa: E402
-from .train import TrainConfig, make_config  # noqa: E402
-from . import train  # noqa: E402  (the module: ev2lib.train.train(cfg) runs a training)

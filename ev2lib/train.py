@@ -388,15 +388,43 @@ def _parser() -> argparse.ArgumentParser:
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, type=kind, default=None)
+    p.add_argument("--progressive", default="none", choices=["none", *SCHEDULES],
+                   help="progressive learning (ev2lib.progressive): paper Table 6, the official code's schedule, or a "
+                        "baseline; stages spread over --epochs")
+    p.add_argument("--progressive-variant", default="efficientnetv2_s", help="whose Table 6 / official settings")
+    p.add_argument("--progressive-sizes", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="map the schedule onto this image-size range (e.g. 16 32 for CIFAR)")
     p.add_argument("--save-result", default="", help="save the history as data/results/<NAME>.json (not for smoke)")
     return p
+
+
+SCHEDULES = ("paper", "official", "progressive-resize", "random-resize")
+
+
+def make_schedule(kind: str, epochs: int, variant: str = "efficientnetv2_s", sizes=None):
+    """A progressive-learning schedule by name over ``epochs`` (the CLI's ``--progressive``)."""
+    from . import progressive as P
+
+    if kind == "paper":
+        s = P.paper_schedule(variant, epochs)
+    elif kind == "official":
+        s = P.official_schedule(variant, epochs)
+    elif kind == "progressive-resize":
+        s = P.progressive_resize(4, epochs)
+    elif kind == "random-resize":
+        s = P.RandomResizeSchedule(epochs, every=max(1, epochs // 8))
+    else:
+        raise ConfigError(f"unknown progressive schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+    return s.scaled(tuple(sizes), epochs) if sizes else s
 
 
 def main(argv=None) -> dict:
     args = vars(_parser().parse_args(argv))
     profile, result_name = args.pop("profile"), args.pop("save_result")
+    kind, variant, sizes = args.pop("progressive"), args.pop("progressive_variant"), args.pop("progressive_sizes")
     cfg = make_config(profile, **{k: v for k, v in args.items() if v is not None})
-    summary = train(cfg)
+    schedule = None if kind == "none" else make_schedule(kind, cfg.epochs, variant, sizes)
+    summary = train(cfg, schedule=schedule)
     if summary["history"] and int(os.environ.get("RANK", "0")) == 0:
         last = summary["history"][-1]
         print(f"done: {summary['steps']} steps, test accuracy {last['test_acc']:.4f}, "

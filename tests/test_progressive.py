@@ -85,3 +85,16 @@ def test_bad_schedules():
         paper_schedule("efficientnetv2_s").settings_at(350)
     with pytest.raises(ConfigError, match="non-negative"):
         ProgressiveSchedule(4, 8, randaug=(-1, 5))
+
+
+def test_train_cli_builds_named_schedules():
+    from ev2lib.train import _parser, make_schedule
+
+    s = make_schedule("paper", 8, sizes=(16, 32))
+    assert col(s, "image_size") == [16, 24, 24, 32] and s.total_epochs == 8  # 21.3 / 26.7 rounded to 8s
+    assert col(make_schedule("official", 8, "efficientnetv2_m"), "image_size") == [192, 256, 320, 384]
+    assert isinstance(make_schedule("random-resize", 16), RandomResizeSchedule)
+    args = _parser().parse_args(["--progressive", "paper", "--progressive-sizes", "16", "32"])
+    assert args.progressive == "paper" and args.progressive_sizes == [16, 32]
+    with pytest.raises(ConfigError, match="unknown progressive schedule"):
+        make_schedule("cosine", 8)
