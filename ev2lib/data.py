@@ -133,13 +133,13 @@ def random_resized_crop(x: torch.Tensor, size: int, g: torch.Generator, scale=(0
 
 def eval_resize(x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
     """Official eval preprocessing on a uint8 batch: centre crop of ``size/(size+32)`` then resize below 320 px,
-    the whole image squashed to ``size`` at 320 px and above. The crop is for large (ImageNet-like) photos: with
-    ``crop=False`` (CIFAR-style "pad" training) or an image no larger than ``size`` the whole image is resized.
+    the whole image squashed to ``size`` at 320 px and above. ``crop=False`` (CIFAR-style "pad" training, where
+    the whole small image is the object) always resizes the whole image.
     Identity when the batch already has that size (CIFAR at 32 px is evaluated as is)."""
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
-    if crop and size < SQUASH_FROM and min(h, w) > size:
+    if crop and size < SQUASH_FROM:
         side = int(round(size / (size + 32) * min(h, w)))
         x = v2.functional.center_crop(x, [side, side])
     return v2.functional.resize(x, [size, size], antialias=True)

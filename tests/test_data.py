@@ -104,6 +104,7 @@ def test_eval_resize_crops_below_320_and_squashes_above():
     assert data.eval_resize(x, 384).shape == (2, 3, 384, 384)
     x[..., :50] = 255  # squash keeps the left band, a centre crop cuts it away
     assert data.eval_resize(x, 384)[..., 0].float().mean() > 200 and data.eval_resize(x, 224)[..., 0].float().mean() < 10
+    assert data.eval_resize(x, 224, crop=False)[..., 0].float().mean() > 200  # CIFAR-style: never crop
 
 
 def test_random_crops_are_reproducible_with_a_generator():
