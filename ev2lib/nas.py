@@ -208,7 +208,7 @@ class ProxyTask:
     eval_images: int = 256
     batch_size: int = 64
     lr: float = 0.1
-    eval_size: int = 32  # CIFAR's native size: ev2lib.data centre-crops below 32 px, which would cut the object
+    eval_size: int = 32  # CIFAR's native size: the test images are scored as they are, whatever the training size
     timing_batch: int = 32  # batch of the step-time measurement
     timing_repeats: int = 5
     threads: int = 1  # torch threads per trial: tiny proxy models gain little from more, and Ray gives each 1 CPU
