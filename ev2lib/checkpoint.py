@@ -8,15 +8,14 @@ the progressive-learning stage and the step. It is written to ``<name>.tmp`` and
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import WeightsError
+from .weights import load_checkpoint as load_weights_file
 
 
 def rng_state() -> dict:
@@ -54,15 +53,9 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; a damaged file raises one :class:`WeightsError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"no checkpoint at {path}: check the path, or start a new run without --resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise WeightsError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}): delete it to start again, "
-                           f"or resume from another copy") from None
+    """Read a training checkpoint safely (:func:`ev2lib.weights.load_checkpoint`: ``weights_only=True``, one-line
+    errors for a missing or damaged file) and check that it is one."""
+    state = load_weights_file(path)
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise WeightsError(f"{path} is not an ev2lib training checkpoint (it lacks 'model' and 'step')")
     return state

@@ -149,7 +149,7 @@ def eval_resize(x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
 # Per-image transform for file datasets (persistent workers read the shared settings)
 
 
-class StageSettings:
+class AugmentSettings:
     """Mutable augmentation settings in shared memory: image size, RandAugment magnitude, mixup/CutMix alpha."""
 
     FIELDS = ("image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha")
@@ -170,7 +170,7 @@ class StageSettings:
         return d
 
     def __getattr__(self, k):
-        if k in StageSettings.FIELDS:
+        if k in AugmentSettings.FIELDS:
             return self.as_dict()[k]
         raise AttributeError(k)
 
@@ -178,10 +178,10 @@ class StageSettings:
 class TrainTransform:
     """PIL image -> uint8 (3, S, S): random resized crop (area 0.05-1, official), flip, RandAugment(m).
 
-    S and m are read from :class:`StageSettings` on every call, so :meth:`TrainData.set_stage` reaches the
+    S and m are read from :class:`AugmentSettings` on every call, so :meth:`TrainData.set_stage` reaches the
     persistent workers without rebuilding them."""
 
-    def __init__(self, settings: StageSettings, scale=(0.05, 1.0)):
+    def __init__(self, settings: AugmentSettings, scale=(0.05, 1.0)):
         self.settings, self.scale = settings, scale
 
     def __call__(self, img):
@@ -342,7 +342,7 @@ class TrainData:
         self.in_memory = isinstance(train, tuple)
         self.batch_size, self.crop, self.seed, self.rank, self.world = batch_size, crop, seed, rank, world
         self.eval_size = eval_size or image_size
-        self.settings = StageSettings(image_size)
+        self.settings = AugmentSettings(image_size)
         self._loader = None
         if not self.in_memory:
             train.transform = TrainTransform(self.settings)

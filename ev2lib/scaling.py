@@ -122,10 +122,11 @@ def param_count(config: str | ModelConfig, num_classes: int = 1000) -> int:
     """Parameters of the network a config builds (on the meta device: nothing is allocated)."""
     import torch
 
+    from .bench import count_params
     from .model import EfficientNet
 
     with torch.device("meta"):
-        return sum(p.numel() for p in EfficientNet(get_config(config), num_classes).parameters())
+        return count_params(EfficientNet(get_config(config), num_classes))
 
 
 def compare_stages(derived: ModelConfig, official: str | ModelConfig) -> list[dict]:

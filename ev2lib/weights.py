@@ -104,9 +104,9 @@ def load_checkpoint(path, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"checkpoint {path} does not exist") from None
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"checkpoint {path} is corrupt or not a PyTorch weights file ({first[:120]}): "
+        raise WeightsError(f"checkpoint {path} is corrupt, truncated or not a PyTorch weights file ({first[:120]}): "
                            f"delete it and download or save it again") from None
 
 

@@ -69,7 +69,7 @@ def test_checkpoint_interrupted_while_writing_keeps_the_previous(tmp_path, monke
 def test_corrupt_checkpoint_is_one_line_error(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(WeightsError, match="corrupt or truncated"):
+    with pytest.raises(WeightsError, match="corrupt, truncated"):
         ckpt.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     r = _run(["--max-steps", "2"], tmp_path / "run")
     assert r.returncode == 2 and r.stderr.startswith("error: checkpoint") and len(r.stderr.strip().splitlines()) == 1

@@ -68,5 +68,5 @@ def test_weights_only_loading_refuses_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(ev2lib.WeightsError, match="corrupt or not a PyTorch weights file"):
+    with pytest.raises(ev2lib.WeightsError, match="corrupt, truncated or not a PyTorch weights file"):
         ev2lib.load_pretrained(ev2lib.create_model("efficientnet_b0"), "torchvision", path=str(path))
