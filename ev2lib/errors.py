@@ -1,6 +1,6 @@
-"""Errors ev2lib raises for bad input. Each carries a one-line message that says what to do.
+"""Every error ev2lib raises on purpose. Each carries a one-line message that says what to do.
 
-Command-line entry points catch :class:`Ev2Error` and print ``error: <message>`` instead of a traceback.
+Command-line entry points run through :func:`cli_main`, which prints ``error: <message>`` instead of a traceback.
 """
 
 
@@ -9,7 +9,7 @@ class Ev2Error(Exception):
 
 
 class ConfigError(Ev2Error, ValueError):
-    """An unknown model name or a stage table / training config that cannot be built."""
+    """An unknown model, profile or option, or a stage table / training config that cannot be built."""
 
 
 class WeightsError(Ev2Error, ValueError):
@@ -18,6 +18,22 @@ class WeightsError(Ev2Error, ValueError):
 
 class InputSizeError(Ev2Error, ValueError):
     """An input image smaller than the network accepts."""
+
+
+class DataError(Ev2Error, ValueError):
+    """An unknown dataset, one that cannot be downloaded, or data files that are missing or damaged."""
+
+
+class TrainingError(Ev2Error, RuntimeError):
+    """Training cannot go on (a NaN/inf loss); the last good checkpoint is kept."""
+
+
+class ResultsError(Ev2Error, ValueError):
+    """A results file that is missing, malformed, or may not be written (a smoke run)."""
+
+
+class SearchLogError(Ev2Error, ValueError):
+    """A NAS search log that cannot be resumed: damaged, or written by a different search."""
 
 
 def cli_main(fn):

@@ -24,6 +24,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from .model import EfficientNet, create_model
 
 
+def count_params(model, num_classes: int = 1000) -> int:
+    """Parameters of a model, or of the network a config / name builds (on the meta device: nothing allocated)."""
+    if not isinstance(model, nn.Module):
+        from .configs import get_config
+
+        with torch.device("meta"):
+            model = EfficientNet(get_config(model), num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
 @dataclass
 class StageSummary:
     stage: int  # Table 4 numbering: 0 stem, 1..K blocks, K+1 head (+ pooling & FC)
