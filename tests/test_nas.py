@@ -1,4 +1,5 @@
-"""Training-aware NAS (paper §3.3): search space, reward, strategies and the resumable search log."""
+"""Training-aware NAS (paper §3.3): search space, reward and its normalisation, proxy evaluation, strategies, the
+resumable search log and the CLI."""
 import json
 import os
 import random
@@ -15,30 +16,58 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ev2lib
-from ev2lib.configs import Stage, get_config
-from ev2lib.errors import ConfigError
-from ev2lib.nas import (PROXIES, Reward, SearchSpace, StageChoice, evaluate, reward, sampler, search_space, strategy)
-from ev2lib.search import SearchLogError, pareto_front, read_log, run_search
+import ev2lib.bench
+import ev2lib.train
+from ev2lib.configs import get_config
+from ev2lib.data import shared_cifar10_path
+from ev2lib.errors import ConfigError, SearchLogError
+from ev2lib.nas import (PROXIES, Reward, SearchSpace, StageChoice, evaluate_candidate, measure,
+                        pareto_front, proxy_train, read_log, run_search, search_space, strategy)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = search_space(width=0.5)
 # A proxy task that trains nothing heavy: tiny timing and (where used) generated data.
 TINY = replace(PROXIES["smoke"], data="synthetic:128", train_images=128, eval_images=64, batch_size=32,
                timing_batch=4, timing_repeats=1)
+FIELDS = ("block", "layers", "kernel", "expansion")
 
 
 def fake_train(config, proxy):
-    """A deterministic stand-in accuracy (no training), so the search machinery is tested in seconds."""
+    """A deterministic stand-in accuracy (no training), so the search machinery is tested in seconds; the real
+    trainer runs in the CLI and Ray tests below."""
     return random.Random(repr(config.stages)).uniform(0.1, 0.9)
+
+
+def n_params(config):
+    return sum(p.numel() for p in ev2lib.create_model(config, num_classes=10).parameters())
+
+
+@pytest.fixture
+def fake_timing(monkeypatch):
+    """bench.time_calls returning [3, 1, 2] x (params / 1e7) seconds (so the median of 3 is 2x, of 1 is 3x),
+    recording what each train step was built with: (batch, image size, torch threads)."""
+    built = []
+    real_step = ev2lib.bench.make_train_step
+
+    def make_train_step(model, batch_size, image_size, **kw):
+        built.append((batch_size, image_size, torch.get_num_threads()))
+        step = real_step(model, batch_size, image_size, **kw)
+        return step, sum(p.numel() for p in model.parameters()) / 1e7
+
+    def time_calls(fn_and_unit, repeats, warmup, device):
+        return [k * fn_and_unit[1] for k in (3, 1, 2)][:repeats]
+
+    monkeypatch.setattr(ev2lib.bench, "make_train_step", make_train_step)
+    monkeypatch.setattr(ev2lib.bench, "time_calls", time_calls)
+    return built
 
 
 # ------------------------------------------------------------------------------------------------- reward
 
 def test_reward_against_hand_computed_values():
     # A * S^w * P^v with w = -0.07, v = -0.05 (paper §3.3)
-    assert reward(0.8, 2.0, 4.0) == pytest.approx(0.8 * 2 ** -0.07 * 4 ** -0.05)
-    assert reward(0.8, 2.0, 4.0) == pytest.approx(0.711074, abs=1e-6)  # 0.8 * 0.952638 * 0.933033
-    assert reward(0.5, 1.0, 1.0) == 0.5
+    assert Reward()(0.8, 2.0, 4.0) == pytest.approx(0.8 * 2 ** -0.07 * 4 ** -0.05)
+    assert Reward()(0.8, 2.0, 4.0) == pytest.approx(0.711074, abs=1e-6)  # 0.8 * 0.952638 * 0.933033
     # normalised by a reference: the reference itself scores its accuracy
     assert Reward(ref_step_time=0.3, ref_params=1e6)(0.7, 0.3, 1e6) == pytest.approx(0.7)
     # twice the step time of the reference costs 1 - 2^-0.07 = 4.7% of the reward; 2x params 3.4%
@@ -47,39 +76,70 @@ def test_reward_against_hand_computed_values():
     assert r(1.0, 0.1, 2000) == pytest.approx(0.965936, abs=1e-6)
     assert Reward(w=0, v=0)(0.42, 123.0, 4567) == 0.42
     with pytest.raises(ConfigError):
-        reward(0.5, 0.0, 10)
+        Reward()(0.5, 0.0, 10)
+
+
+def test_reward_is_normalised_by_the_reference_measured_like_a_candidate(fake_timing):
+    three = replace(TINY, timing_repeats=3, threads=1)
+    n = n_params(SPACE.backbone)
+    assert measure(SPACE.backbone, three) == (pytest.approx(2 * n / 1e7), n)  # the median time, 10-class params
+    assert fake_timing[-1] == (three.timing_batch, three.image_size, 1)  # timing batch, proxy size, proxy threads
+    r = Reward.relative_to(SPACE.backbone, three)
+    assert (r.w, r.v, r.ref_step_time, r.ref_params) == (-0.07, -0.05, pytest.approx(2 * n / 1e7), n)
+    # the backbone evaluated as a candidate scores exactly its accuracy (S = P = 1); a wider candidate less
+    res = evaluate_candidate(SPACE.backbone, three, train_fn=lambda c, p: 0.61)
+    assert r(res["accuracy"], res["step_time"], res["params"]) == pytest.approx(0.61, abs=1e-12)
+    wide = search_space(width=1.0).backbone
+    res = evaluate_candidate(wide, three, train_fn=lambda c, p: 0.61)
+    k = n_params(wide) / n
+    assert r(res["accuracy"], res["step_time"], res["params"]) == pytest.approx(0.61 * k ** -0.07 * k ** -0.05)
+
+
+def test_search_scores_every_trial_with_the_backbone_normalisation(tmp_path, fake_timing):
+    trials = run_search(SPACE, 3, tmp_path / "s.jsonl", TINY, seed=0, train_fn=fake_train, progress=False)
+    header, logged = read_log(tmp_path / "s.jsonl")
+    n = n_params(SPACE.backbone)
+    assert header["reward"] == {"w": -0.07, "v": -0.05, "ref_step_time": pytest.approx(3 * n / 1e7), "ref_params": n}
+    for t in logged:
+        p = n_params(SPACE.build(t["choices"]))
+        assert t["params"] == p and t["step_time"] == pytest.approx(3 * p / 1e7)
+        assert t["reward"] == pytest.approx(t["accuracy"] * (p / n) ** -0.12)
+    assert [t["reward"] for t in trials] == [t["reward"] for t in logged]
 
 
 # ------------------------------------------------------------------------------------------------- space
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
-def test_sampler_yields_only_valid_buildable_configs(seed):
-    cfg = next(sampler(SPACE, seed))
-    choices = SPACE.choices_of(cfg)  # inside the paper's choices
+def test_sampled_choices_build_the_stages_they_name(seed):
+    choices = SPACE.sample(random.Random(seed))
+    cfg = SPACE.build(choices)
     for s, c, b in zip(cfg.stages, choices, SPACE.backbone.stages):
-        assert c.kernel in (3, 5) and c.expansion in (1, 4, 6) and c.block in ("mbconv", "fused")
+        assert (s.block, s.repeats, s.kernel, s.expansion) == (c.block, c.layers, c.kernel, c.expansion)
         assert (s.in_channels, s.out_channels, s.stride) == (b.in_channels, b.out_channels, b.stride)
         assert s.se_ratio == (0.25 if s.block == "mbconv" else 0.0)
+    assert SPACE.choices_of(cfg) == choices
     model = ev2lib.create_model(cfg, num_classes=10).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
 
 
-def test_space_size_and_determinism():
-    assert SPACE.size == (2 * 3 * 2 * 3) ** 4
-    a, b = sampler(SPACE, 7), sampler(SPACE, 7)
-    assert [next(a).stages for _ in range(5)] == [next(b).stages for _ in range(5)]
-
-
-def test_mutation_changes_exactly_one_decision():
+def test_sampling_reaches_exactly_size_architectures():
+    small = SearchSpace(SPACE.backbone, layers=(1, 2), blocks=("fused",), kernels=(3, 5), expansions=(1,))
+    assert small.size == 4 ** 4 and SPACE.size == (2 * 3 * 2 * 3) ** 4
     rng = random.Random(0)
-    for _ in range(50):
-        c = SPACE.sample(rng)
-        m = SPACE.mutate(c, rng)
-        diffs = sum(getattr(x, f) != getattr(y, f) for x, y in zip(c, m)
-                    for f in ("block", "layers", "kernel", "expansion"))
-        assert diffs == 1
+    seen = {small.sample(rng) for _ in range(4000)}  # P(some of the 256 missed) < 256 * (255/256)^4000 ~ 4e-5
+    assert len(seen) == small.size
+
+
+def test_mutation_changes_exactly_one_searched_decision():
+    narrow = SearchSpace(SPACE.backbone, kernels=(3,), expansions=(4, 6))
+    rng = random.Random(0)
+    for _ in range(100):
+        c = narrow.sample(rng)
+        m = narrow.mutate(c, rng)
+        assert sum(getattr(x, f) != getattr(y, f) for x, y in zip(c, m) for f in FIELDS) == 1
+        assert narrow.check(m) == m and all(s.kernel == 3 for s in m)  # never outside the space
 
 
 def test_strategies_are_deterministic_given_seed_and_history():
@@ -90,6 +150,9 @@ def test_strategies_are_deterministic_given_seed_and_history():
         assert a.propose(history).stages == b.propose(history).stages
         assert a.propose(history[:5]).stages == b.propose(history[:5]).stages
         assert strategy(name, SPACE, seed=4).propose(history).stages != a.propose(history).stages
+    # random search: proposal i depends on (seed, i) only, not on the results
+    shuffled = [dict(t, reward=-t["reward"]) for t in history]
+    assert strategy("random", SPACE, 3).propose(shuffled).stages == strategy("random", SPACE, 3).propose(history).stages
     # evolution after the random warm-up: a one-decision mutation of a trial among the youngest `population`
     evo = strategy("evolution", SPACE, seed=0, population=10, sample=3)
     child = SPACE.choices_of(evo.propose(history))
@@ -97,7 +160,49 @@ def test_strategies_are_deterministic_given_seed_and_history():
     assert min(sum(x != y for x, y in zip(child, p)) for p in parents) == 1
 
 
-# ------------------------------------------------------------------------------------------------- bad input
+def test_evolution_mutates_the_best_of_its_sample():
+    # sample == population: the parent is the best of the youngest `population`, whatever the draw
+    history = [{"trial": i, "choices": [vars(c) for c in SPACE.sample(random.Random(i))], "reward": r}
+               for i, r in enumerate([0.9, 0.1, 0.2, 0.3, 0.8, 0.4])]  # trial 0 (0.9) is too old to be a parent
+    for seed in range(10):
+        child = SPACE.choices_of(strategy("evolution", SPACE, seed, population=5, sample=5).propose(history))
+        best = SPACE.check(history[4]["choices"])
+        assert sum(getattr(x, f) != getattr(y, f) for x, y in zip(child, best) for f in FIELDS) == 1
+
+
+# ------------------------------------------------------------------------------------------------- proxy evaluation
+
+def test_proxy_training_is_the_proxy_task(monkeypatch):
+    seen = []
+
+    def train(cfg):
+        seen.append(cfg)
+        return {"history": [{"test_acc": 0.25}, {"test_acc": 0.5}]}
+
+    monkeypatch.setattr(ev2lib.train, "train", train)
+    proxy = replace(TINY, epochs=2, lr=0.05, seed=7)
+    cfg = SPACE.build(SPACE.sample(random.Random(0)))
+    assert proxy_train(cfg, proxy) == 0.5  # the last epoch's test accuracy
+    got = seen[0]
+    assert got.model == cfg and got.data == proxy.data and got.seed == 7 and got.lr == 0.05
+    assert (got.epochs, got.batch_size, got.image_size, got.eval_size) == (2, proxy.batch_size, proxy.image_size, 32)
+    assert (got.train_subset, got.eval_subset) == (proxy.train_images, proxy.eval_images)
+
+
+def test_candidate_training_is_seeded_and_threaded_by_the_proxy():
+    before = torch.get_num_threads()
+    draws = []
+
+    def train_fn(config, proxy):
+        draws.append((torch.get_num_threads(), torch.rand(3).tolist()))
+        return 0.5
+
+    cfg = SPACE.build(SPACE.sample(random.Random(1)))
+    for _ in range(2):
+        res = evaluate_candidate(cfg, replace(TINY, threads=before + 1, seed=3), train_fn)
+    assert draws[0] == draws[1] and draws[0][0] == before + 1 and torch.get_num_threads() == before
+    assert res["accuracy"] == 0.5 and res["params"] == n_params(cfg)
+
 
 def test_values_outside_the_papers_choices_are_clear_errors():
     with pytest.raises(ConfigError, match=r"kernels \[7\] outside the paper's choices \(3, 5\)"):
@@ -114,10 +219,10 @@ def test_values_outside_the_papers_choices_are_clear_errors():
 
 
 def test_a_config_the_builder_rejects_is_a_clear_error():
-    cfg = next(sampler(SPACE, 0))
+    cfg = SPACE.build(SPACE.sample(random.Random(0)))
     bad = replace(cfg, stages=(replace(cfg.stages[0], repeats=0),) + cfg.stages[1:])  # bypasses .replace's check
     with pytest.raises(ConfigError, match="repeats 0 must be >= 1"):
-        evaluate(bad, TINY, train_fn=fake_train)
+        evaluate_candidate(bad, TINY, train_fn=fake_train)
 
 
 # ------------------------------------------------------------------------------------------------- search log
@@ -149,7 +254,7 @@ def test_corrupt_last_line_loses_only_that_trial(tmp_path):
     log.write_text("".join(lines[:-1]) + lines[-1][:40])  # a torn write of trial 3
     with pytest.warns(UserWarning, match="last line"):
         header, trials = read_log(log)
-    assert len(trials) == 3
+    assert len(trials) == 3 and log.read_text() == "".join(lines[:-1])  # the torn bytes are cut, the rest kept
     again = run_search(SPACE, 4, log, TINY, seed=2, train_fn=fake_train, progress=False)
     assert _key(again) == _key(done)
 
@@ -177,7 +282,9 @@ def test_pareto_front():
 # ------------------------------------------------------------------------------------------------- end to end
 
 def _cli(log, *extra):
-    return [sys.executable, "-m", "ev2lib.search", "--profile", "smoke", "--trials", "8", "--log", str(log), *extra]
+    data = "cifar10" if shared_cifar10_path() else "synthetic:384"  # offline: the shared archive, else generated
+    return [sys.executable, "-m", "ev2lib.nas", "--profile", "smoke", "--trials", "8", "--data", data,
+            "--log", str(log), *extra]
 
 
 @pytest.mark.slow
@@ -206,7 +313,7 @@ def test_smoke_search_8_trials_killed_after_trial_3_and_restarted(tmp_path):
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ev2lib.search", "--log", str(tmp_path / "x.jsonl"), "--layers", "0,1"],
+    r = subprocess.run([sys.executable, "-m", "ev2lib.nas", "--log", str(tmp_path / "x.jsonl"), "--layers", "0,1"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
