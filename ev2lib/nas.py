@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -112,10 +113,7 @@ class SearchSpace:
     @property
     def size(self) -> int:
         """Number of distinct architectures: (blocks * layers * kernels * expansions) ** stages."""
-        per_stage = 1
-        for allowed in self.options.values():
-            per_stage *= len(allowed)
-        return per_stage ** self.num_stages
+        return math.prod(len(allowed) for allowed in self.options.values()) ** self.num_stages
 
     def check(self, choices) -> tuple[StageChoice, ...]:
         """Validate a list of stage choices (StageChoice or dicts); raise :class:`ConfigError` naming the bad value."""
