@@ -16,6 +16,7 @@ import torchvision
 
 from ev2lib import create_model
 from ev2lib.bench import make_train_step, time_calls
+from ev2lib.summary import count_params
 
 
 def main(argv=None):
@@ -27,7 +28,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.manual_seed(0)
     models = {"ev2lib": create_model("efficientnetv2_s"), "torchvision": torchvision.models.efficientnet_v2_s()}
-    n = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    n = {k: count_params(m) for k, m in models.items()}
     assert n["ev2lib"] == n["torchvision"], n  # the same network, parameter for parameter
     steps = {k: make_train_step(m, args.batch_size, args.image_size) for k, m in models.items()}
     for s in steps.values():  # warm-up, untimed

@@ -8,7 +8,8 @@ What is measured, and how:
 * **Training throughput** (images/s): full steps of forward, cross-entropy, backward and an SGD (momentum 0.9)
   update on random data. ``warmup`` steps are run first and not timed; then ``repeats`` steps are timed one by one
   and the median, quartiles, min and max of images/s are reported. On CUDA each step is timed with
-  ``torch.cuda.Event`` pairs after a synchronisation, on CPU with ``time.perf_counter``.
+  ``torch.cuda.Event`` pairs, on CPU with ``time.perf_counter``. (``torch.utils.benchmark.Timer`` warms up again on
+  every measurement and reports block means, so it times :func:`stage_times`, not the per-step spread.)
 * **Inference throughput and latency**: eval-mode forward passes under ``torch.inference_mode`` at the same batch
   size (throughput) and at batch 1 (latency, median milliseconds).
 * **Peak memory**. CUDA: ``torch.cuda.max_memory_allocated`` over one training step, which includes weights,
@@ -28,10 +29,9 @@ What is measured, and how:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,77 +39,23 @@ from torch import nn
 
 from .configs import ModelConfig, get_config
 from .errors import ConfigError
-from .model import EfficientNet
+from .model import EfficientNet, parse_stages, swap_blocks
+from .summary import count_macs, count_params, saved_for_backward
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_MEMORY_BUDGET = 8 * 2**30
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Models: named variants and the Table 3 fused ablation
-
-def parse_stages(text: str | None) -> list[int]:
-    """``"1-3"`` -> [1, 2, 3]; ``"2"`` -> [2]; ``"none"``/``""``/None -> []."""
-    if text is None or str(text).lower() in ("", "none", "no"):
-        return []
-    try:
-        lo, _, hi = str(text).partition("-")
-        return list(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise ConfigError(f"fused stages must look like 1-3 or none, got {text!r}") from None
-
-
-def fused_config(name: str | ModelConfig, stages=(), kernel: int | None = None,
-                 se_ratio: float | None = None) -> ModelConfig:
-    """Table 3's ablation: ``name`` with MBConv replaced by Fused-MBConv in ``stages`` (1-based, Table 4 numbering).
-
-    ``kernel`` overrides the fused stages' kernel size (V2 uses 3x3 everywhere; B4 has 5x5 in stages 3, 5 and 6);
-    ``se_ratio`` keeps squeeze-excitation in the fused blocks (dropped by default, as in every V2 config).
-    """
-    cfg = get_config(name)
-    stages = list(stages)
-    if not stages:
-        return cfg
-    cfg = cfg.with_blocks(stages, "fused", se_ratio=se_ratio)
-    if kernel is not None:
-        rows = list(cfg.stages)
-        for i in stages:
-            rows[i - 1] = dataclasses.replace(rows[i - 1], kernel=kernel)
-        cfg = cfg.replace(stages=tuple(rows))
-    tag = f"fused{stages[0]}-{stages[-1]}" + (f"_k{kernel}" if kernel else "") + (f"_se{se_ratio:g}" if se_ratio else "")
-    return cfg.replace(name=f"{cfg.name}_{tag}")
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, image_size: int) -> int:
-    """Multiply-accumulates of one image (the paper's "FLOPs"), from ``torch.utils.flop_counter`` / 2."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training, p = model.training, next(model.parameters())
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, image_size, image_size, device=p.device))
-    model.train(was_training)
-    return counter.get_total_flops() // 2
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Timing
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def time_calls(fn, repeats: int = 10, warmup: int = 3, device="cpu") -> list[float]:
     """Seconds taken by each of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
-    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -132,26 +78,29 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "q25": q[0], "q75": q[2], "min": min(values), "max": max(values)}
 
 
-def _inputs(batch_size, image_size, device, channels_last, num_classes=1000):
+def _inputs(model, batch_size, image_size, channels_last):
+    device = next(model.parameters()).device
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, torch.randint(0, num_classes, (batch_size,), device=device)
+    return x, torch.randint(0, getattr(model, "num_classes", 1000), (batch_size,), device=device)
+
+
+def _autocast(model, dtype: str):
+    return torch.autocast(next(model.parameters()).device.type, DTYPES[dtype], enabled=dtype != "fp32")
 
 
 def make_train_step(model: nn.Module, batch_size: int, image_size: int, dtype: str = "fp32",
                     channels_last: bool = False, lr: float = 0.01):
     """A closure running one full training step (forward, loss, backward, SGD update) on fixed random data."""
-    device = next(model.parameters()).device
-    x, y = _inputs(batch_size, image_size, device, channels_last, getattr(model, "num_classes", 1000))
+    x, y = _inputs(model, batch_size, image_size, channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16" and device.type == "cuda")
-    amp = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+    scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == "fp16" and x.device.type == "cuda")
     model.train()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(**amp):
+        with _autocast(model, dtype):
             loss = F.cross_entropy(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -163,16 +112,43 @@ def make_train_step(model: nn.Module, batch_size: int, image_size: int, dtype: s
 def make_inference(model: nn.Module, batch_size: int, image_size: int, dtype: str = "fp32",
                    channels_last: bool = False):
     """A closure running one eval-mode forward pass under ``torch.inference_mode``."""
-    device = next(model.parameters()).device
-    x, _ = _inputs(batch_size, image_size, device, channels_last, getattr(model, "num_classes", 1000))
-    amp = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+    x, _ = _inputs(model, batch_size, image_size, channels_last)
 
     def infer():
         model.eval()
-        with torch.inference_mode(), torch.autocast(**amp):
+        with torch.inference_mode(), _autocast(model, dtype):
             model(x)
 
     return infer
+
+
+def stage_times(model: EfficientNet, image_size: int, batch_size: int = 8, dtype: str = "fp32",
+                repeats: int = 5, channels_last: bool = False) -> list[float]:
+    """Mean forward+backward milliseconds of each Table 4 stage (stem, block stages 1..K, head) on its real input.
+
+    Each stage is timed alone by ``torch.utils.benchmark.Timer`` (2 warm-up calls, then ``repeats`` calls; it
+    synchronises CUDA): its input is the previous stages' output (computed once, without grad) with
+    ``requires_grad`` set, and the backward pass starts from a gradient of ones.
+    """
+    from torch.utils.benchmark import Timer  # imported here: it imports cpp_extension, which may warn on stderr
+
+    x, _ = _inputs(model, batch_size, image_size, channels_last)
+    model.train()
+    out = []
+    for i, stage in enumerate(model.features):
+        inp = x.detach().requires_grad_(i > 0)  # the image itself needs no gradient
+
+        def fwd_bwd(stage=stage, inp=inp):
+            with _autocast(model, dtype):
+                y = stage(inp)
+            y.backward(torch.ones_like(y))
+
+        timer = Timer("fwd_bwd()", globals={"fwd_bwd": fwd_bwd}, num_threads=torch.get_num_threads())
+        out.append(1000 * timer.timeit(repeats).mean)
+        with torch.no_grad(), _autocast(model, dtype):
+            x = stage(x)
+    model.zero_grad(set_to_none=True)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,12 +157,10 @@ def make_inference(model: nn.Module, batch_size: int, image_size: int, dtype: st
 def cpu_memory_estimate(model: EfficientNet, image_size: int, dtype: str = "fp32") -> tuple[int, int]:
     """(bytes per image, fixed bytes) of a training step's peak memory, estimated without running it.
 
-    Per image: the tensors autograd saves for backward (``ev2lib.summary``, batch 1). Fixed: weights, gradients
-    and SGD momentum (3 x parameter bytes).
+    Per image: the tensors autograd saves for backward (:func:`ev2lib.summary.saved_for_backward`, batch 1).
+    Fixed: weights, gradients and SGD momentum (3 x parameter bytes).
     """
-    from .summary import summarize
-
-    saved = sum(r.activation_bytes for r in summarize(model, image_size, 1, device=str(next(model.parameters()).device)))
+    saved = sum(saved_for_backward(model, _inputs(model, 1, image_size, False)[0])[0])
     if dtype != "fp32":
         saved //= 2  # autocast keeps most saved activations in 16 bits (an approximation)
     return saved, 3 * sum(p.numel() * p.element_size() for p in model.parameters())
@@ -223,16 +197,14 @@ def _fits_cuda(model, batch_size, image_size, dtype, channels_last) -> bool:
 def max_batch_size(model: EfficientNet, image_size: int, dtype: str = "fp32", channels_last: bool = False,
                    limit: int = 1024, memory_budget: int | None = None) -> int:
     """The largest training batch (<= ``limit``) that fits: by trying on CUDA, by the estimate on CPU (0: none)."""
-    device = next(model.parameters()).device
-    if device.type == "cuda":
+    if next(model.parameters()).device.type == "cuda":
         def fits(b):
             return _fits_cuda(model, b, image_size, dtype, channels_last)
     else:
         per_image, fixed = cpu_memory_estimate(model, image_size, dtype)
-        budget = memory_budget or CPU_MEMORY_BUDGET
 
         def fits(b):
-            return fixed + per_image * b <= budget
+            return fixed + per_image * b <= (memory_budget or CPU_MEMORY_BUDGET)
     lo, hi = 0, 1
     while hi <= limit and fits(hi):  # double until it does not fit
         lo, hi = hi, hi * 2
@@ -267,7 +239,6 @@ class BenchResult:
     repeats: int = 0
     warmup: int = 0
     stage_ms: list | None = None  # forward+backward ms per Table 4 stage (stem, 1..K, head)
-    notes: dict = field(default_factory=dict)
 
     def line(self) -> str:
         t = self.train_img_s
@@ -285,7 +256,17 @@ class BenchResult:
         return s
 
 
-_LARGEST: dict = {}
+_LARGEST: dict = {}  # (config, size, device, dtype, ...) -> largest batch: searched once however many batches are timed
+
+
+def _prepare(model, image_size, device, channels_last, num_classes) -> EfficientNet:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for but no CUDA GPU is visible: use --device cpu")
+    net = model if isinstance(model, nn.Module) else EfficientNet(get_config(model), num_classes=num_classes)
+    net = net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if image_size < net.min_image_size:
+        net.forward_features(torch.zeros(1, 3, image_size, image_size))  # the one-line InputSizeError
+    return net
 
 
 def benchmark(model: str | ModelConfig | EfficientNet, image_size: int, batch_size: int | str = 8,
@@ -296,71 +277,39 @@ def benchmark(model: str | ModelConfig | EfficientNet, image_size: int, batch_si
     """Measure ``model`` (a name, config or model) at one image size; ``batch_size="max"`` uses the largest batch."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for but no CUDA GPU is visible: use --device cpu")
-    net = model if isinstance(model, nn.Module) else EfficientNet(get_config(model), num_classes=num_classes)
-    net = net.to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    if image_size < net.min_image_size:
-        net.forward_features(torch.zeros(1, 3, image_size, image_size))  # the one-line InputSizeError
+    net = _prepare(model, image_size, device, channels_last, num_classes)
     largest = None
     if find_max_batch or batch_size == "max":
         key = (net.config, image_size, str(device), dtype, channels_last, max_batch_limit, memory_budget)
-        if key not in _LARGEST:  # searched once per model and size, however many batch sizes are timed
+        if key not in _LARGEST:
             _LARGEST[key] = max_batch_size(net, image_size, dtype, channels_last, max_batch_limit, memory_budget)
         largest = _LARGEST[key]
         if largest == 0:
             raise ConfigError(f"{net.config.name} at {image_size} does not fit even batch 1 in memory")
     b = largest if batch_size == "max" else int(batch_size)
-    train = time_calls(make_train_step(net, b, image_size, dtype, channels_last), repeats, warmup, device)
+
+    def img_s(closure, batch):
+        return spread([batch / t for t in time_calls(closure, repeats, warmup, device)])
+
     res = BenchResult(net.config.name, image_size, b, str(device), dtype, channels_last, count_params(net),
-                      count_macs(net, image_size), spread([b / t for t in train]), max_batch=largest,
-                      repeats=repeats, warmup=warmup)
+                      count_macs(net, image_size), img_s(make_train_step(net, b, image_size, dtype, channels_last), b),
+                      max_batch=largest, repeats=repeats, warmup=warmup)
     if inference:
-        res.infer_img_s = spread([b / t for t in time_calls(make_inference(net, b, image_size, dtype, channels_last),
-                                                            repeats, warmup, device)])
+        res.infer_img_s = img_s(make_inference(net, b, image_size, dtype, channels_last), b)
         res.latency_ms = spread([1000 * t for t in time_calls(make_inference(net, 1, image_size, dtype, channels_last),
                                                               repeats, warmup, device)])
     if memory:
         res.peak_memory_bytes, res.memory_kind = peak_memory(net, b, image_size, dtype, channels_last)
     if per_stage:
-        res.stage_ms = stage_times(net, image_size, b, dtype, repeats=max(3, repeats // 2), warmup=1)
+        res.stage_ms = stage_times(net, image_size, b, dtype, repeats=max(3, repeats // 2), channels_last=channels_last)
     net.zero_grad(set_to_none=True)
     return res
-
-
-def stage_times(model: EfficientNet, image_size: int, batch_size: int = 8, dtype: str = "fp32",
-                repeats: int = 5, warmup: int = 1, channels_last: bool = False) -> list[float]:
-    """Median forward+backward milliseconds of each Table 4 stage (stem, block stages 1..K, head) on its real input.
-
-    Each stage is timed alone: its input is the previous stages' output (computed once, without grad) with
-    ``requires_grad`` set, and the backward pass starts from a gradient of ones.
-    """
-    device = next(model.parameters()).device
-    x, _ = _inputs(batch_size, image_size, device, channels_last, getattr(model, "num_classes", 1000))
-    amp = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
-    model.train()
-    out = []
-    for i, stage in enumerate(model.features):
-        inp = x.detach().requires_grad_(i > 0)  # the image itself needs no gradient
-
-        def fwd_bwd(stage=stage, inp=inp):
-            with torch.autocast(**amp):
-                y = stage(inp)
-            y.backward(torch.ones_like(y))
-
-        out.append(1000 * statistics.median(time_calls(fwd_bwd, repeats, warmup, device)))
-        with torch.no_grad(), torch.autocast(**amp):
-            x = stage(x)
-    model.zero_grad(set_to_none=True)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ev2lib.bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", nargs="+", default=["efficientnetv2_s"], help="names from ev2lib.list_models()")
     p.add_argument("--image-size", type=int, nargs="+", default=None, help="input sides (default: train size)")
@@ -382,15 +331,20 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--save", default=None, help="write data/results/NAME.json (needs --profile)")
     p.add_argument("--profile", default=None, choices=["cpu-reference", "colab", "full"])
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     if args.save and not args.profile:
         raise ConfigError("--save needs --profile cpu-reference, colab or full (smoke runs are never saved)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    batches = [b if b == "max" else _positive_int(b) for b in args.batch_size]
-    configs = [fused_config(m, parse_stages(f), args.fused_kernel, args.fused_se)
+    if any(b != "max" and (not b.isdigit() or int(b) < 1) for b in args.batch_size):
+        raise ConfigError(f"--batch-size takes positive integers or 'max', got {args.batch_size}")
+    configs = [swap_blocks(m, parse_stages(f), "fused", args.fused_kernel, args.fused_se)
                for m in args.model for f in (args.fused_stages or ["none"])]
-    jobs = [(c, s or c.train_size, b) for c in configs for s in (args.image_size or [None]) for b in batches]
+    jobs = [(c, s or c.train_size, b) for c in configs for s in (args.image_size or [None]) for b in args.batch_size]
 
     from tqdm.auto import tqdm
 
@@ -412,12 +366,6 @@ def main(argv=None):
                             device=args.device)
         print(f"saved {path}")
     return runs
-
-
-def _positive_int(text: str) -> int:
-    if not str(text).isdigit() or int(text) < 1:
-        raise ConfigError(f"--batch-size takes positive integers or 'max', got {text!r}")
-    return int(text)
 
 
 if __name__ == "__main__":

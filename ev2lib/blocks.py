@@ -1,4 +1,4 @@
-"""The building blocks of EfficientNetV2 (paper Figure 2): MBConv and Fused-MBConv.
+"""The building blocks of EfficientNetV2 (paper §3.2, Figure 2): MBConv and Fused-MBConv.
 
 Module and attribute order reproduce torchvision's ``efficientnet.py`` exactly, so torchvision's state dicts
 load into ev2lib unchanged (``features.{stage}.{block}.block.{layer}.{0=conv,1=bn}``, SE at ``block.2.fc1/fc2``).
@@ -6,11 +6,12 @@ load into ev2lib unchanged (``features.{stage}.{block}.block.{layer}.{0=conv,1=b
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import StochasticDepth
+from torchvision.ops import SqueezeExcitation, StochasticDepth
 
 
 class Conv2dSame(nn.Conv2d):
@@ -47,23 +48,11 @@ class ConvBNAct(nn.Sequential):
         super().__init__(*layers)
 
 
-class SqueezeExcitation(nn.Module):
-    """Squeeze-and-excitation (Hu et al. 2018): per-channel gates from the globally pooled features.
-
-    The reduced width is ``max(1, int(block_in * se_ratio))``, relative to the block's *input* channels, as in the
-    official code, not to the expanded channels it gates.
-    """
-
-    def __init__(self, channels: int, reduced: int):
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, reduced, 1)  # squeeze
-        self.fc2 = nn.Conv2d(reduced, channels, 1)  # excite
-        self.act = nn.SiLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
-        s = F.adaptive_avg_pool2d(x, 1)  # (B, C, 1, 1)
-        s = torch.sigmoid(self.fc2(self.act(self.fc1(s))))
-        return x * s
+def squeeze_excitation(channels: int, block_in: int, se_ratio: float) -> SqueezeExcitation:
+    """Squeeze-and-excitation (Hu et al. 2018) with SiLU, torchvision's module (``fc1``/``fc2``, as torchvision's
+    EfficientNet). The width is ``max(1, int(block_in * se_ratio))``, relative to the block's *input* channels as in
+    the official code, not to the expanded channels it gates."""
+    return SqueezeExcitation(channels, max(1, int(block_in * se_ratio)), activation=partial(nn.SiLU, inplace=True))
 
 
 class _Residual(nn.Module):
@@ -98,7 +87,7 @@ class MBConv(_Residual):
             layers.append(ConvBNAct(cin, mid, 1, **bn))  # expand
         layers.append(ConvBNAct(mid, mid, kernel, stride, groups=mid, **bn))  # depthwise
         if se_ratio:
-            layers.append(SqueezeExcitation(mid, max(1, int(cin * se_ratio))))
+            layers.append(squeeze_excitation(mid, cin, se_ratio))
         layers.append(ConvBNAct(mid, cout, 1, act=False, **bn))  # project
         self.block = nn.Sequential(*layers)
         self._finish(cin, cout, stride, drop_path)
@@ -120,12 +109,12 @@ class FusedMBConv(_Residual):
         if mid != cin:
             layers = [ConvBNAct(cin, mid, kernel, stride, **bn)]  # fused expand
             if se_ratio:
-                layers.append(SqueezeExcitation(mid, max(1, int(cin * se_ratio))))
+                layers.append(squeeze_excitation(mid, cin, se_ratio))
             layers.append(ConvBNAct(mid, cout, 1, act=False, **bn))  # project
         else:
             layers = [ConvBNAct(cin, cout, kernel, stride, **bn)]
             if se_ratio:
-                layers.append(SqueezeExcitation(cout, max(1, int(cin * se_ratio))))
+                layers.append(squeeze_excitation(cout, cin, se_ratio))
         self.block = nn.Sequential(*layers)
         self._finish(cin, cout, stride, drop_path)
 

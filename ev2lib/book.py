@@ -26,15 +26,14 @@ def show_caption(text: str) -> None:
 def stage_table(config: ModelConfig | str):
     """The Table 4 view of a config (a pandas DataFrame): Stage, Operator, Stride, #Channels, #Layers.
 
-    Generated from the stage table in :mod:`ev2lib.configs`, never typed: stage 0 is the stem, the last row the
-    head (1x1 conv, pooling, FC) as in the paper.
+    The rows are :func:`ev2lib.summary.stage_rows`, never typed: stage 0 is the stem, the last row the head
+    (1x1 conv, pooling, FC, stride "-") as in the paper.
     """
     import pandas as pd
 
-    cfg = get_config(config) if isinstance(config, str) else config
-    rows = [(0, "Conv3x3", cfg.stem_stride, cfg.stem_channels, 1)]
-    rows += [(i, s.operator, s.stride, s.out_channels, s.repeats) for i, s in enumerate(cfg.stages, start=1)]
-    rows.append((len(cfg.stages) + 1, "Conv1x1 & Pooling & FC", "-", cfg.head_channels, 1))
+    from .summary import stage_rows
+
+    rows = [(i, op, "-" if stride is None else stride, ch, n) for i, op, stride, ch, n in stage_rows(get_config(config))]
     return pd.DataFrame(rows, columns=["Stage", "Operator", "Stride", "#Channels", "#Layers"]).set_index("Stage")
 
 

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .scaling import V1_COEFFICIENTS, V2_B_COEFFICIENTS, scale
 
 BLOCK_TYPES = ("mbconv", "fused")
 
@@ -73,20 +74,6 @@ class ModelConfig:
         validate(cfg)
         return cfg
 
-    def with_blocks(self, stages, block: str, se_ratio: float | None = None) -> "ModelConfig":
-        """Switch the block type of the given stages (1-based, Table 4 numbering), e.g. Table 3's
-        "Fused stage1-3" is ``cfg.with_blocks([1, 2, 3], "fused")``. Fused-MBConv stages lose SE unless
-        ``se_ratio`` is given (no official V2 config uses SE in a fused block)."""
-        stages = sorted(set(int(i) for i in stages))
-        for i in stages:
-            if not 1 <= i <= len(self.stages):
-                raise ConfigError(f"{self.name} has block stages 1..{len(self.stages)}; got stage {i}")
-        rows = list(self.stages)
-        for i in stages:
-            se = se_ratio if se_ratio is not None else (0.0 if block == "fused" else rows[i - 1].se_ratio)
-            rows[i - 1] = dataclasses.replace(rows[i - 1], block=block, se_ratio=se)
-        return self.replace(stages=tuple(rows))
-
 
 def validate(cfg: ModelConfig) -> ModelConfig:
     """Check that a stage table describes a buildable network; raise one clear :class:`ConfigError` if not."""
@@ -124,40 +111,6 @@ def validate(cfg: ModelConfig) -> ModelConfig:
     if not 0.0 <= cfg.dropout < 1.0 or not 0.0 <= cfg.drop_path_rate < 1.0:
         raise ConfigError(f"{where}: dropout and drop_path_rate must be in [0, 1)")
     return cfg
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Rounding (official code, effnetv2_model.py round_filters / round_repeats)
-
-def round_filters(channels: float, width: float = 1.0, divisor: int = 8, round_limit: float = 0.0) -> int:
-    """Scale ``channels`` by ``width`` and round to the nearest multiple of ``divisor`` (at least ``divisor``).
-
-    ``round_limit=0.9`` adds EfficientNet V1's guard "do not round down by more than 10%" (torchvision's
-    ``_make_divisible``); the V2 code has no such guard (``round_limit=0``), which matters for V2-B3.
-    """
-    scaled = channels * width
-    new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if new < round_limit * scaled:
-        new += divisor
-    return int(new)
-
-
-def round_repeats(repeats: int, depth: float = 1.0) -> int:
-    """Scale the number of layers by ``depth`` and round up (official ``round_repeats``)."""
-    return int(math.ceil(depth * repeats))
-
-
-def scale_stages(rows, width: float, depth: float, round_limit: float) -> tuple[Stage, ...]:
-    """Apply a width and a depth coefficient to a base stage table (compound scaling, EfficientNet §3.3)."""
-    return tuple(
-        dataclasses.replace(
-            s,
-            in_channels=round_filters(s.in_channels, width, round_limit=round_limit),
-            out_channels=round_filters(s.out_channels, width, round_limit=round_limit),
-            repeats=round_repeats(s.repeats, depth),
-        )
-        for s in rows
-    )
 
 
 def _table(rows) -> tuple[Stage, ...]:
@@ -203,7 +156,7 @@ V2_XL = _table([
     ("mbconv", 3, 2, 6, 256, 512, 32, 0.25),
     ("mbconv", 3, 1, 6, 512, 640, 8, 0.25),
 ])
-# The baseline the B0-B3 models (and, per the code's comments, S/M/L) were scaled from.
+# v2_base_block: the baseline the B0-B3 models (and, per the code's comments, S/M/L) were scaled from.
 V2_BASE = _table([
     ("fused", 3, 1, 1, 32, 16, 1),
     ("fused", 3, 2, 4, 16, 32, 2),
@@ -224,31 +177,12 @@ V1_B0 = _table([
 ])
 
 AUTOML = "google/automl efficientnetv2/effnetv2_configs.py"
-
 # name: (stages, head, train size, eval size, dropout)
 _V2 = {
     "efficientnetv2_s": (V2_S, 1280, 300, 384, 0.2),
     "efficientnetv2_m": (V2_M, 1280, 384, 480, 0.3),
     "efficientnetv2_l": (V2_L, 1280, 384, 480, 0.4),
     "efficientnetv2_xl": (V2_XL, 1280, 384, 512, 0.4),
-}
-# name: (width, depth, train size, eval size, dropout) -- official `efficientnetv2-b*` rows
-V2_B_COEFFICIENTS = {
-    "efficientnetv2_b0": (1.0, 1.0, 192, 224, 0.2),
-    "efficientnetv2_b1": (1.0, 1.1, 192, 240, 0.2),
-    "efficientnetv2_b2": (1.1, 1.2, 208, 260, 0.3),
-    "efficientnetv2_b3": (1.2, 1.4, 240, 300, 0.3),
-}
-# name: (width, depth, resolution, dropout) -- EfficientNet V1 (`efficientnet_params`)
-V1_COEFFICIENTS = {
-    "efficientnet_b0": (1.0, 1.0, 224, 0.2),
-    "efficientnet_b1": (1.0, 1.1, 240, 0.2),
-    "efficientnet_b2": (1.1, 1.2, 260, 0.3),
-    "efficientnet_b3": (1.2, 1.4, 300, 0.3),
-    "efficientnet_b4": (1.4, 1.8, 380, 0.4),
-    "efficientnet_b5": (1.6, 2.2, 456, 0.4),
-    "efficientnet_b6": (1.8, 2.6, 528, 0.5),
-    "efficientnet_b7": (2.0, 3.1, 600, 0.5),
 }
 
 
@@ -259,48 +193,48 @@ def _v2(name: str) -> ModelConfig:
 
 
 def _v2_b(name: str) -> ModelConfig:
+    """V2-B0..B3: ``v2_base_block`` compound-scaled (no round-down guard) with the official coefficients."""
     width, depth, train, eval_, dropout = V2_B_COEFFICIENTS[name]
-    return ModelConfig(name, scale_stages(V2_BASE, width, depth, round_limit=0.0), round_filters(1280, width),
-                       dropout=dropout, train_size=train, eval_size=eval_,
-                       source=f"{AUTOML} (v2_base_block, width {width}, depth {depth})")
+    base = ModelConfig("v2_base_block", V2_BASE, 1280)
+    return scale(base, width, depth, dropout=dropout, name=name).replace(
+        train_size=train, eval_size=eval_, source=f"{AUTOML} (v2_base_block, width {width}, depth {depth})")
 
 
 def _v1(name: str) -> ModelConfig:
+    """EfficientNet B0..B7: B0 compound-scaled with the official (width, depth, resolution, dropout)."""
     width, depth, res, dropout = V1_COEFFICIENTS[name]
     # torchvision keeps PyTorch's BN defaults for B0-B4 and TF's (eps 1e-3, momentum 0.01) for the ported B5-B7.
     ported = name in ("efficientnet_b5", "efficientnet_b6", "efficientnet_b7")
-    return ModelConfig(name, scale_stages(V1_B0, width, depth, round_limit=0.9), round_filters(1280, width, round_limit=0.9),
-                       dropout=dropout, train_size=res, eval_size=res, family="v1",
-                       bn_eps=1e-3 if ported else 1e-5, bn_momentum=0.01 if ported else 0.1,
-                       source=f"EfficientNet V1 B0 scaled by width {width}, depth {depth} (BN as torchvision)")
+    b0 = ModelConfig("efficientnet_b0", V1_B0, 1280, family="v1", bn_eps=1e-3 if ported else 1e-5,
+                     bn_momentum=0.01 if ported else 0.1)
+    return scale(b0, width, depth, res, dropout=dropout, name=name).replace(
+        source=f"EfficientNet V1 B0 scaled by width {width}, depth {depth} (BN as torchvision)")
 
 
-def _v2_s_arxiv_v1() -> ModelConfig:
+def _v2_s_arxiv_v1(name: str) -> ModelConfig:
     rows = list(V2_S)
     rows[5] = dataclasses.replace(rows[5], out_channels=272)
-    return ModelConfig("efficientnetv2_s_arxiv_v1", tuple(rows), 1792, train_size=300, eval_size=384,
+    return ModelConfig(name, tuple(rows), 1792, train_size=300, eval_size=384,
                        source="arXiv v1 of the paper, Table 4 (stage 6: 272 channels, head 1792)",
                        notes="the pre-release V2-S; the official code changed 272/1792 to 256/1280 (automl issue #999)")
 
 
-def _cifar() -> ModelConfig:
-    """A CPU-sized EfficientNetV2 for 32x32 images. Not from the paper: see :data:`CIFAR_NOTE`."""
+def _cifar(name: str) -> ModelConfig:
+    """A CPU-sized EfficientNetV2 for 32x32 images (not from the paper)."""
     rows = _table([
         ("fused", 3, 1, 1, 24, 24, 1),
         ("fused", 3, 2, 4, 24, 48, 2),
         ("fused", 3, 2, 4, 48, 96, 2),
         ("mbconv", 3, 2, 4, 96, 160, 2, 0.25),
     ])
-    return ModelConfig("efficientnetv2_cifar", rows, 512, stem_stride=1, dropout=0.1, drop_path_rate=0.05,
-                       train_size=32, eval_size=32, family="custom",
-                       source="ev2lib preset (not from the paper)", notes=CIFAR_NOTE)
+    return ModelConfig(name, rows, 512, stem_stride=1, dropout=0.1, drop_path_rate=0.05, train_size=32,
+                       eval_size=32, family="custom", source="ev2lib preset (not from the paper)",
+                       notes="Not a paper model: a small EfficientNetV2-shaped network for 32x32 images on a CPU "
+                             "(stride-1 stem, three Fused-MBConv stages then one MBConv+SE stage, total stride 8).")
 
-
-CIFAR_NOTE = ("Not a paper model: a small EfficientNetV2-shaped network for 32x32 images on a CPU "
-              "(stride-1 stem, three Fused-MBConv stages then one MBConv+SE stage, total stride 8).")
 
 _FACTORIES = {**{n: _v2 for n in _V2}, **{n: _v2_b for n in V2_B_COEFFICIENTS}, **{n: _v1 for n in V1_COEFFICIENTS},
-              "efficientnetv2_s_arxiv_v1": lambda n: _v2_s_arxiv_v1(), "efficientnetv2_cifar": lambda n: _cifar()}
+              "efficientnetv2_s_arxiv_v1": _v2_s_arxiv_v1, "efficientnetv2_cifar": _cifar}
 
 
 def list_configs() -> list[str]:

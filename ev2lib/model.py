@@ -5,22 +5,30 @@ baselines and any NAS sample go through the same :class:`EfficientNet` class.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from .blocks import BLOCKS, ConvBNAct
-from .configs import ModelConfig, get_config, list_configs
+from .configs import BLOCK_TYPES, ModelConfig, get_config, list_configs
 from .errors import ConfigError, InputSizeError, WeightsError
 
 PADDINGS = ("symmetric", "same")
+# The official from-scratch input normalisation, (x - 128) / 128, in 0-255 pixel units: (mean, std) per channel.
+SCRATCH_NORMALIZATION = ((128.0, 128.0, 128.0), (128.0, 128.0, 128.0))
 
 
 class EfficientNet(nn.Module):
     """Stem (stage 0) -> block stages 1..K -> 1x1 head conv -> global pooling -> dropout -> FC.
 
     ``features`` holds the stem, one ``nn.Sequential`` per stage and the head, so
-    ``features[0]`` is the stem and ``features[i]`` is Table 4's stage i.
+    ``features[0]`` is the stem and ``features[i]`` is Table 4's stage i. ``normalization`` is the input
+    normalisation the weights expect (:meth:`normalize`): the official (x-128)/128 from scratch, set by
+    :func:`ev2lib.load_pretrained` to what published weights were trained with.
     """
+
+    normalization = SCRATCH_NORMALIZATION
 
     def __init__(self, config: ModelConfig, num_classes: int = 1000, padding: str = "symmetric"):
         super().__init__()
@@ -80,6 +88,11 @@ class EfficientNet(nn.Module):
             raise ConfigError(f"dropout must be in [0, 1), got {p}")
         self.classifier[0].p = float(p)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in 0-255 pixel units (uint8 or float) -> ``(x - mean) / std`` in float32."""
+        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in self.normalization)
+        return (x.float() - mean) / std
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, head_channels, H/32, W/32) for the ImageNet variants."""
         if x.shape[-1] < self.min_image_size or x.shape[-2] < self.min_image_size:
@@ -121,6 +134,43 @@ def check_state_dict(model: nn.Module, state_dict) -> None:
                            f"Use ev2lib.convert_state_dict for timm weights.")
 
 
+def parse_stages(text) -> list[int]:
+    """Stage ranges as the command lines write them: ``"1-3"`` -> [1, 2, 3]; ``"2"`` -> [2]; ``"none"``/""/None -> []."""
+    if text is None or str(text).lower() in ("", "none", "no"):
+        return []
+    try:
+        lo, _, hi = str(text).partition("-")
+        return list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(f"stages must look like 1-3 or none, got {text!r}") from None
+
+
+def swap_blocks(config: str | ModelConfig, stages, block: str = "fused", kernel: int | None = None,
+                se_ratio: float | None = None) -> ModelConfig:
+    """``config`` with the blocks of ``stages`` (1-based, Table 4 numbering; a list or ``"1-3"``) set to ``block``.
+
+    Paper Table 3 replaces MBConv by Fused-MBConv on EfficientNet-B4: "Fused stage1-3" is
+    ``swap_blocks("efficientnet_b4", [1, 2, 3])``. Fused stages lose squeeze-excitation unless ``se_ratio`` is given
+    (no official V2 config has SE in a fused block); MBConv stages keep theirs. ``kernel`` overrides the kernel size
+    (V2 uses 3x3 everywhere; B4 has 5x5 in stages 3, 5 and 6). The name records the change, e.g.
+    ``efficientnet_b4_fused1-3_k3``.
+    """
+    cfg = get_config(config)
+    stages = sorted(set(parse_stages(stages) if isinstance(stages, str) else map(int, stages)))
+    if block not in BLOCK_TYPES:
+        raise ConfigError(f"block must be one of {BLOCK_TYPES}, got {block!r}")
+    if not stages:
+        return cfg
+    rows = list(cfg.stages)
+    for i in stages:
+        if not 1 <= i <= len(rows):
+            raise ConfigError(f"{cfg.name} has block stages 1..{len(rows)}; got stage {i}")
+        se = se_ratio if se_ratio is not None else 0.0 if block == "fused" else rows[i - 1].se_ratio
+        rows[i - 1] = dataclasses.replace(rows[i - 1], block=block, se_ratio=se, kernel=kernel or rows[i - 1].kernel)
+    tag = f"{block}{stages[0]}-{stages[-1]}" + (f"_k{kernel}" if kernel else "") + (f"_se{se_ratio:g}" if se_ratio else "")
+    return cfg.replace(stages=tuple(rows), name=f"{cfg.name}_{tag}")
+
+
 def list_models() -> list[str]:
     """Every name :func:`create_model` accepts."""
     return list_configs()
@@ -151,7 +201,7 @@ def create_model(name: str | ModelConfig, num_classes: int = 1000, dropout: floa
     if changes:
         cfg = cfg.replace(**changes)
     if fused_stages is not None:
-        cfg = cfg.with_blocks(fused_stages, "fused")
+        cfg = swap_blocks(cfg, fused_stages, "fused")
     model = EfficientNet(cfg, num_classes=num_classes, padding=padding)
     if pretrained:
         from .weights import load_pretrained

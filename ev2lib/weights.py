@@ -16,37 +16,40 @@ from dataclasses import dataclass
 import torch
 
 from .errors import WeightsError
+from .files import load_torch
 
 
 @dataclass(frozen=True)
 class PretrainedWeights:
-    """Where a checkpoint comes from and how its images were preprocessed at evaluation."""
+    """Where a checkpoint comes from, the padding it was trained with and its input normalisation (0-255 units)."""
 
     url: str
-    padding: str  # the padding the weights were trained with
-    eval_size: int
-    mean: tuple
-    std: tuple
-    interpolation: str
-    crop: str  # "center" crop (crop_pct) or "squash" (resize the whole image)
-    crop_pct: float = 1.0
+    padding: str  # "symmetric" (PyTorch) or "same" (TensorFlow)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _pixels(mean_std) -> tuple:
+    """(mean, std) in 0-1 units, as libraries write them -> 0-255 pixel units, as ``EfficientNet.normalize`` takes."""
+    return tuple(tuple(255 * v for v in t) for t in mean_std)
 
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # (x - 127.5) / 127.5
 _TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-effv2-weights/"
-# timm's tf_ ports of the official checkpoints (ImageNet-1k; XL only exists pre-trained on ImageNet-21k).
+# timm's tf_ ports of the official checkpoints: ev2lib name -> (timm pretrained tag, file, mean/std of timm's
+# pretrained_cfg). ImageNet-1k, except XL which only exists pre-trained on ImageNet-21k and fine-tuned on 1k.
 TIMM_WEIGHTS = {
-    "efficientnetv2_s": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_s-eb54923e.pth", "same", 384, *_HALF, "bicubic", "center"),
-    "efficientnetv2_m": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_m-cc09e0cd.pth", "same", 480, *_HALF, "bicubic", "squash"),
-    "efficientnetv2_l": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_l-d664b728.pth", "same", 480, *_HALF, "bicubic", "squash"),
-    "efficientnetv2_xl": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth", "same", 512, *_HALF, "bicubic", "squash"),
-    "efficientnetv2_b0": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_b0-c7cc451f.pth", "same", 224, *_IMAGENET, "bicubic", "center", 0.875),
-    "efficientnetv2_b1": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_b1-be6e41b0.pth", "same", 240, *_IMAGENET, "bicubic", "center", 0.882),
-    "efficientnetv2_b2": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_b2-847de54e.pth", "same", 260, *_IMAGENET, "bicubic", "center", 0.890),
-    "efficientnetv2_b3": PretrainedWeights(_TIMM_URL + "tf_efficientnetv2_b3-57773f13.pth", "same", 300, *_IMAGENET, "bicubic", "center", 0.904),
+    "efficientnetv2_s": ("tf_efficientnetv2_s.in1k", "tf_efficientnetv2_s-eb54923e.pth", _HALF),
+    "efficientnetv2_m": ("tf_efficientnetv2_m.in1k", "tf_efficientnetv2_m-cc09e0cd.pth", _HALF),
+    "efficientnetv2_l": ("tf_efficientnetv2_l.in1k", "tf_efficientnetv2_l-d664b728.pth", _HALF),
+    "efficientnetv2_xl": ("tf_efficientnetv2_xl.in21k_ft_in1k", "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth", _HALF),
+    "efficientnetv2_b0": ("tf_efficientnetv2_b0.in1k", "tf_efficientnetv2_b0-c7cc451f.pth", _IMAGENET),
+    "efficientnetv2_b1": ("tf_efficientnetv2_b1.in1k", "tf_efficientnetv2_b1-be6e41b0.pth", _IMAGENET),
+    "efficientnetv2_b2": ("tf_efficientnetv2_b2.in1k", "tf_efficientnetv2_b2-847de54e.pth", _IMAGENET),
+    "efficientnetv2_b3": ("tf_efficientnetv2_b3.in1k", "tf_efficientnetv2_b3-57773f13.pth", _IMAGENET),
 }
-# ev2lib name -> torchvision builder name (URLs and transforms are read from torchvision's weight enums).
+# ev2lib name -> torchvision builder name (URLs and normalisation are read from torchvision's weight enums).
 TORCHVISION_NAMES = {"efficientnetv2_s": "efficientnet_v2_s", "efficientnetv2_m": "efficientnet_v2_m",
                      "efficientnetv2_l": "efficientnet_v2_l", **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)}}
 SOURCES = ("torchvision", "timm")
@@ -98,24 +101,13 @@ def convert_state_dict(state_dict: dict, source: str = "torchvision") -> dict:
     return out
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """``torch.load(path, weights_only=True)`` with one-line errors for a missing or corrupt file."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"checkpoint {path} does not exist") from None
-    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"checkpoint {path} is corrupt, truncated or not a PyTorch weights file ({first[:120]}): "
-                           f"delete it and download or save it again") from None
-
-
 def weights_info(name: str, source: str) -> PretrainedWeights:
-    """The :class:`PretrainedWeights` (URL, padding, eval preprocessing) published for variant ``name``."""
+    """The :class:`PretrainedWeights` (URL, padding, input normalisation) published for variant ``name``."""
     if source == "timm":
         if name not in TIMM_WEIGHTS:
             raise WeightsError(f"timm publishes no tf_ weights for {name}; it has {', '.join(TIMM_WEIGHTS)}")
-        return TIMM_WEIGHTS[name]
+        _, file, mean_std = TIMM_WEIGHTS[name]
+        return PretrainedWeights(_TIMM_URL + file, "same", *_pixels(mean_std))
     if source != "torchvision":
         raise WeightsError(f"unknown weights source {source!r}; use one of {SOURCES}")
     if name not in TORCHVISION_NAMES:
@@ -124,9 +116,7 @@ def weights_info(name: str, source: str) -> PretrainedWeights:
 
     w = get_model_weights(TORCHVISION_NAMES[name]).DEFAULT
     t = w.transforms()
-    crop = t.crop_size[0]
-    return PretrainedWeights(w.url, "symmetric", crop, tuple(t.mean), tuple(t.std), t.interpolation.value,
-                             "center", crop / t.resize_size[0])
+    return PretrainedWeights(w.url, "symmetric", *_pixels((t.mean, t.std)))
 
 
 def load_pretrained(model, source: str = "torchvision", path: str | None = None, progress: bool = True):
@@ -134,7 +124,8 @@ def load_pretrained(model, source: str = "torchvision", path: str | None = None,
 
     Downloads (and caches, in torch.hub's folder) the checkpoint for ``model.config.name`` from ``source``, or reads
     ``path`` if given (for machines without internet: download the URL from :func:`weights_info` elsewhere).
-    A model with ``num_classes != 1000`` gets every weight but the classifier (transfer learning).
+    A model with ``num_classes != 1000`` gets every weight but the classifier (transfer learning). The model's
+    ``normalization`` becomes the one the weights were trained with (:attr:`PretrainedWeights.mean` / ``std``).
     """
     name = model.config.name
     info = weights_info(name, source)
@@ -152,12 +143,12 @@ def load_pretrained(model, source: str = "torchvision", path: str | None = None,
             raise WeightsError(f"the downloaded checkpoint for {name} is corrupt ({str(e)[:120]}): delete it from "
                                f"{torch.hub.get_dir()}/checkpoints and retry") from None
     else:
-        state = load_checkpoint(path)
+        state = load_torch(path)
     state = convert_state_dict(state, source)
     if model.num_classes != state["classifier.1.weight"].shape[0]:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         own = model.state_dict()
         state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
     model.load_state_dict(state, strict=True)
-    model.pretrained = info
+    model.normalization = (info.mean, info.std)
     return model
