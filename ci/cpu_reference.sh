@@ -5,7 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PY:-$ROOT/.venv/bin/python}"
+. "$ROOT/ci/setup.sh" >/dev/null  # $PY, and EV2_DATA_DIR for the shared offline CIFAR-10
 # --- bottleneck analysis (issue 4): book/bottlenecks.ipynb and book/fused_mbconv.ipynb (~8 min in all) ---
 # Table 2 analogue on CPU: EfficientNet-B6 training cost, memory and largest batch (8 GiB budget) vs image size.
 "$PY" -m ev2lib.bench --model efficientnet_b6 --image-size 64 96 128 --batch-size 2 --max-batch --memory-budget-gb 8 --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_image_size_cpu --profile cpu-reference
@@ -16,13 +16,13 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 # Table 3 on CPU: EfficientNet-B4 with MBConv -> Fused-MBConv in stages none / 1-3 / 1-5 / 1-7.
 "$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-3 1-5 1-7 --image-size 96 --batch-size 2 --repeats 3 --warmup 1 --no-inference --device cpu --save fused_mbconv_table3_cpu --profile cpu-reference
 # --- training engine (issue 5): book/training.ipynb (~10 min of training on 2 idle cores) ---
-# The CPU preset on all of CIFAR-10 (shared offline archive via EV2_DATA_DIR or ../shared/data), 4 epochs, bf16.
+# The CPU preset on all of CIFAR-10 (shared offline archive via EV2_DATA_DIR), 4 epochs, amp auto (bf16 where native).
 rm -rf runs/cpu-reference-train
-"$PY" -m ev2lib.train --profile cpu --data cifar10 --progress false --out runs/cpu-reference-train --save-result train_cifar10_cpu
+"$PY" -m ev2lib.train --profile cpu-reference --data cifar10 --progress false --out runs/cpu-reference-train --save-result train_cifar10_cpu
 # --- training-aware NAS and scaling (issue 7): book/nas.ipynb and book/scaling.ipynb ---
 # 50-trial random search on the shared CIFAR-10 (1,024 images, 16 px, 3 epochs per trial, one thread; ~10 min on 2 idle cores).
 rm -f runs/nas-cpu-reference.jsonl
-"$PY" -m ev2lib.search --profile cpu-reference --trials 50 --log runs/nas-cpu-reference.jsonl --save nas_search_cifar10
+"$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference.jsonl --save nas_search_cifar10
 # V1 B0-B7 and V2 B0-B3/S/M/L: parameters and training throughput at one small image size (~3 min).
 "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
 # --- progressive learning ablations (issue 6): book/ablations.ipynb ---

@@ -1,8 +1,9 @@
 """Propagate the repository URL from ``_config.yml`` (``repository.url`` and ``.branch``) to the places that
 need it outside the book build, so a fork changes one setting:
 
-* the ``REPO = "..."`` line of every chapter's guarded install cell (what Colab clones);
-* ``REPO_URL`` in ``ev2lib/results.py`` (where Colab downloads reference results from).
+* the ``REPO = "..."`` line of every chapter's guarded install cell (what Colab clones).
+
+The library itself never holds the URL: a chapter on Colab reads reference results from its clone.
 
     python ci/set_repo_url.py          # rewrite them
     python ci/set_repo_url.py --check  # exit 1 and list what disagrees (tests/test_notebooks.py does the same)
@@ -18,7 +19,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_LINE = re.compile(r'^(\s*REPO = )"[^"]*"', re.M)
-RESULTS_LINE = re.compile(r'^(REPO_URL = )"[^"]*"', re.M)
 
 
 def repository(root: Path = ROOT) -> tuple[str, str]:
@@ -31,21 +31,14 @@ def repository(root: Path = ROOT) -> tuple[str, str]:
     return url, str(repo.get("branch", "main"))
 
 
-def raw_url(url: str, branch: str) -> str:
-    """The raw-file base URL of a GitHub repository at ``branch``."""
-    return url.replace("https://github.com/", "https://raw.githubusercontent.com/") + f"/{branch}"
-
-
 def notebooks(root: Path = ROOT) -> list[Path]:
     return sorted((root / "book").glob("*.ipynb"))
 
 
 def expected(root: Path = ROOT) -> dict[Path, tuple[re.Pattern, str]]:
     """For each file: the pattern of its URL line and the URL it must hold."""
-    url, branch = repository(root)
-    out = {nb: (REPO_LINE, url) for nb in notebooks(root)}
-    out[root / "ev2lib" / "results.py"] = (RESULTS_LINE, raw_url(url, branch))
-    return out
+    url, _ = repository(root)
+    return {nb: (REPO_LINE, url) for nb in notebooks(root)}
 
 
 def mismatches(root: Path = ROOT) -> list[str]:

@@ -2,7 +2,7 @@
 # Set up everything the README commands need, from nothing but Python 3.9+ and pip:
 # a virtual environment in .venv with the pinned requirements and ev2lib (editable), the python3 kernel, and
 # (as root with apt, e.g. CI) Debian's Chromium for the browser test. Idempotent: a second run only checks.
-# Source it (`. ci/setup.sh`) to get $PY.
+# Source it (`. ci/setup.sh`) to get $PY, $EV2_DATA_DIR and $EV2_RESULTS_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EV2_VENV:-$ROOT/.venv}"
@@ -29,4 +29,10 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "[setup] note: no chromium; the browser test needs it (Debian/Ubuntu: sudo apt-get install chromium)"
   fi
 fi
-export PY
+# Where ev2lib finds data and reference results (the library itself knows nothing of this repository's layout):
+# the shared offline CIFAR-10 beside the checkout when it is there, and this checkout's data/results.
+if [ -z "${EV2_DATA_DIR:-}" ] && [ -f "$ROOT/../shared/data/cifar10_jpeg.npz" ]; then
+  EV2_DATA_DIR="$(cd "$ROOT/../shared/data" && pwd)"
+fi
+export EV2_RESULTS_DIR="${EV2_RESULTS_DIR:-$ROOT/data/results}"
+export PY EV2_DATA_DIR="${EV2_DATA_DIR:-}"

@@ -39,8 +39,8 @@ TABLES = (5, 12, 13)
 
 @dataclass(frozen=True)
 class AblationProfile:
-    """The scale of an ablation grid. ``reg_start`` / ``reg_end`` are the weak (first stage) and strong (last
-    stage, and constant-regularization baselines) settings: RandAugment magnitude, mixup alpha, dropout rate."""
+    """The scale of an ablation grid. ``reg_start`` / ``reg_end`` are the weak (first phase) and strong (last
+    phase, and constant-regularization baselines) settings: RandAugment magnitude, mixup alpha, dropout rate."""
 
     model: str = "efficientnetv2_cifar"
     data: str = "cifar10"
@@ -53,7 +53,7 @@ class AblationProfile:
     amp: str = "none"
     sizes: tuple = (16, 24, 32)  # the small / middle / large image size (the paper's 128 / 192 / 300)
     magnitudes: tuple = (2, 6, 10)  # Table 5 RandAugment magnitudes, official 0-10 scale (the paper's 5 / 10 / 15)
-    num_stages: int = 4  # M in Algorithm 1
+    num_phases: int = 4  # M in Algorithm 1
     random_every: int = 1  # random resize: a new size every this many epochs (the paper: 8 of 350)
     size_multiple: int = 4  # CIFAR-scale sizes: multiples of 4 (8 is too coarse between 16 and 32)
     reg_start: dict = field(default_factory=lambda: dict(randaug=2, mixup=0.0, dropout=0.1))
@@ -68,15 +68,15 @@ class AblationProfile:
 PROFILES = {
     # CPU, offline, seconds per cell: proves the runner works; never saved.
     "smoke": AblationProfile(train_subset=512, eval_subset=256, epochs=2, batch_size=64, sizes=(12, 16, 16),
-                             num_stages=2, seeds=(0,), one_cell=True),
+                             num_phases=2, seeds=(0,), one_cell=True),
     # The CPU reference (~17 min on 2 idle cores, two one-thread processes): 2,000 images, 16/24/32 px, 4 epochs, 3 seeds.
     "cpu-reference": AblationProfile(),
     # One GPU, the whole grid in about 8 minutes (ci/gpu_reference.sh): 3,000 images upsampled to 32/48/64 px,
     # 8 epochs. Per-image RandAugment runs on the host CPU (~2,000 images/s), which bounds the grid's size.
     "colab": AblationProfile(train_subset=3000, eval_subset=2000, epochs=8, eval_every=2, batch_size=128, lr=0.1,
-                             amp="bf16", sizes=(32, 48, 64), size_multiple=8, random_every=2),
+                             amp="auto", sizes=(32, 48, 64), size_multiple=8, random_every=2),
     # A longer GPU run: all of CIFAR-10 at 64/96/128 px, 24 epochs.
-    "full": AblationProfile(train_subset=0, eval_subset=0, epochs=24, eval_every=1, batch_size=256, lr=0.2, amp="bf16",
+    "full": AblationProfile(train_subset=0, eval_subset=0, epochs=24, eval_every=1, batch_size=256, lr=0.2, amp="auto",
                             sizes=(64, 96, 128), size_multiple=8, random_every=2),
 }
 
@@ -95,7 +95,7 @@ def get_profile(profile: str | AblationProfile, **overrides) -> AblationProfile:
 def cells(table: int, p: AblationProfile) -> list[tuple[str, dict, ProgressiveSchedule]]:
     """The cells of a table: ``(name, coordinates, schedule)``. Equal names mean equal runs (shared by tables)."""
     lo, mid, hi = p.sizes
-    E, M, a, b = p.epochs, p.num_stages, p.reg_start, p.reg_end
+    E, M, a, b = p.epochs, p.num_phases, p.reg_start, p.reg_end
     ranges = dict(randaug=(a["randaug"], b["randaug"]), mixup=(a["mixup"], b["mixup"]), dropout=(a["dropout"], b["dropout"]))
     adaptive = ProgressiveSchedule(M, E, (lo, hi), size_multiple=p.size_multiple, name="progressive + adaptive", **ranges)
     fixed = fixed_schedule(E, hi, randaug=b["randaug"], mixup=b["mixup"], dropout=b["dropout"])
@@ -122,26 +122,20 @@ def cells(table: int, p: AblationProfile) -> list[tuple[str, dict, ProgressiveSc
 
 
 class _ScoreAtSize:
-    """Callback: after the last epoch, score the model on the test split resized (whole image) to ``size``."""
+    """Callback: after the last epoch, score the model on the test split with the whole image resized to ``size``."""
 
     def __init__(self, size: int, epochs: int, test, batch_size: int = 256):
         self.size, self.epochs, self.test, self.bs, self.acc = size, epochs, test, batch_size, None
 
-    @torch.no_grad()
-    def on_epoch_end(self, epoch, metrics, model):
-        if epoch + 1 != self.epochs:
-            return
-        from .data import normalize
+    def on_epoch_end(self, run, metrics):
+        from .train import evaluate
 
+        if metrics["epoch"] != self.epochs:
+            return
         x, y = self.test
-        device = next(model.parameters()).device
-        model.eval()
-        correct = 0
-        for i in range(0, len(y), self.bs):
-            xb = v2.functional.resize(x[i:i + self.bs], [self.size] * 2, antialias=True)
-            correct += (model(normalize(xb).to(device)).argmax(1).cpu() == y[i:i + self.bs]).sum().item()
-        model.train()
-        self.acc = correct / len(y)
+        batches = ((v2.functional.resize(x[i:i + self.bs], [self.size] * 2, antialias=True), y[i:i + self.bs])
+                   for i in range(0, len(y), self.bs))
+        self.acc = evaluate(run.model, batches, run.device, run.config["amp"])["acc"]
 
 
 def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, score_size: int | None = None,
@@ -163,11 +157,11 @@ def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, score_siz
         n = min(p.eval_subset, len(test[1])) if p.eval_subset else len(test[1])
         callbacks.append(_ScoreAtSize(score_size, p.epochs, (test[0][:n], test[1][:n])))
     t0 = time.perf_counter()
-    summary = train(cfg, schedule=schedule, callbacks=callbacks)
+    summary = train(cfg, progressive=schedule, callbacks=callbacks)
     wall = time.perf_counter() - t0
     last = summary["history"][-1]
     history = [{k: h[k] for k in ("epoch", "test_acc", "test_loss", "train_seconds")} |
-               ({"image_size": h["stage"]["image_size"]} if "stage" in h else {}) for h in summary["history"]]
+               ({"image_size": h["phase"]["image_size"]} if "phase" in h else {}) for h in summary["history"]]
     acc = callbacks[0].acc if callbacks else last["test_acc"]
     return {"seed": seed, "acc": acc, f"acc_at_{hi}px": last["test_acc"], "loss": last["test_loss"],
             "train_seconds": last["train_seconds"], "wall_seconds": wall, "history": history}
@@ -243,7 +237,7 @@ def run_table(table: int, profile: str | AblationProfile = "smoke", out: str | P
             score = coords.get("image_size") if table == 5 else None
             runs = [cache[(name, seed, score)] for seed in p.seeds]
             acc, tsec, wsec = (_mean_std([r[k] for r in runs]) for k in ("acc", "train_seconds", "wall_seconds"))
-            records.append({"name": name, "coords": coords, "schedule": [s.as_dict() for s in schedule.stages()],
+            records.append({"name": name, "coords": coords, "schedule": [s.as_dict() for s in schedule.phases()],
                             "schedule_name": schedule.name, "runs": runs, "acc_mean": acc[0], "acc_std": acc[1],
                             "train_seconds_mean": tsec[0], "train_seconds_std": tsec[1],
                             "wall_seconds_mean": wsec[0], "wall_seconds_std": wsec[1]})

@@ -1,10 +1,12 @@
 """Small helpers the book's chapters share: captions that say where a number came from, stage tables as
-DataFrames, a reference-vs-this-run plot and an ipywidgets explorer that also renders statically.
+DataFrames, training curves of runs side by side and an ipywidgets explorer that also renders statically.
 
 This module is for the chapters only (it imports pandas, matplotlib, seaborn and ipywidgets lazily, from the
 ``book`` extra); the rest of ev2lib never imports it.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from . import results
 from .configs import ModelConfig, get_config
@@ -74,23 +76,22 @@ def plot_stage_costs(df, hue: str = "variant", title: str = "", caption: str = "
     return fig
 
 
-def plot_reference_vs_run(reference: dict, run: dict, x: str, y: str, ax=None, label: str = ""):
-    """Plot a committed reference result and this run's numbers on the same axes, each labelled by its source.
+def plot_runs(runs: dict, metric: str = "test_acc", x: str = "epoch", ax=None):
+    """Plot ``metric`` against ``x`` for several runs: ``{label: run folder | log records | eval history}``.
 
-    ``reference`` is a record from :func:`ev2lib.results.load` whose ``data`` holds lists under ``x`` and ``y``;
-    ``run`` is a plain dict with the same keys, computed by the chapter (e.g. in the smoke profile).
-    """
+    A committed reference result's ``data["history"]`` (a list of eval records) plots like a live run's log, so a
+    chapter can draw the reader's run beside the reference with the hardware in the label."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
-    for key in (x, y):
-        if key not in reference["data"] or key not in run:
-            raise results.ResultsError(f"plot_reference_vs_run: both the reference and the run need {key!r}")
-    ax.plot(reference["data"][x], reference["data"][y], "-", lw=2, label=results.caption(reference))
-    ax.plot(run[x], run[y], "o--", lw=1, label=run_caption(f"this run ({label})" if label else "this run"))
+    from .train import read_log
+
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for label, run in runs.items():
+        records = read_log(run) if isinstance(run, (str, Path)) else list(run)
+        rows = [r for r in records if metric in r and x in r and (metric == "loss" or r.get("event", "eval") == "eval")]
+        ax.plot([r[x] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=label)
     ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_ylabel(metric)
     ax.legend(fontsize=8)
     return ax
 

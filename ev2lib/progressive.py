@@ -1,16 +1,17 @@
 """Progressive learning with adaptive regularization (paper §4, Algorithm 1, Table 6) and its baselines.
 
-Training is split into M stages. Stage i trains on image size S_i with regularization Φ_i (dropout rate,
+Training is split into M stages; this library calls them **phases** (``Phase``), keeping "stage" for the rows of
+Table 4. Phase i trains on image size S_i with regularization Φ_i (dropout rate,
 RandAugment magnitude, mixup alpha; the official code also ramps CutMix), both linearly interpolated between a
 small, weakly regularized start (S_0, Φ_0) and the target (S_e, Φ_e)::
 
     S_i = S_0 + (S_e - S_0) * i / (M - 1)        φ_i = φ_0 + (φ_e - φ_0) * i / (M - 1)        (Algorithm 1)
 
-The network keeps its weights, optimizer and EMA state from stage to stage; only the data pipeline, the mixing and
-the dropout rate change, and the learning-rate schedule stays global.
+The network keeps its weights, optimizer and EMA state from phase to phase; only the data pipeline, the mixing and
+the dropout rate change (:func:`apply_phase`), and the learning-rate schedule stays global.
 
 The official code (``main.py``) differs from the paper (reference §5.2): its sizes use (i + 1) / M, so the first
-stage is not S_0 (V2-S: 171/214/257/300 px), dropout is fixed at the variant's value, and CutMix ramps with mixup.
+phase is not S_0 (V2-S: 171/214/257/300 px), dropout is fixed at the variant's value, and CutMix ramps with mixup.
 Both are here: ``paper_schedule`` and ``official_schedule``.
 
 Image sizes: the paper's schedule rounds the intermediate sizes to a multiple of ``size_multiple`` (8 by default)
@@ -29,10 +30,10 @@ from .errors import ConfigError
 
 
 @dataclass(frozen=True)
-class StageSettings:
-    """What one stage trains with. ``dropout=None`` leaves the model's dropout unchanged."""
+class Phase:
+    """What one phase (Algorithm 1's stage i) trains with. ``dropout=None`` leaves the model's dropout unchanged."""
 
-    stage: int
+    index: int
     start_epoch: int
     end_epoch: int  # exclusive
     image_size: int
@@ -43,6 +44,17 @@ class StageSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def apply_phase(model, data, phase) -> dict:
+    """Set a phase's image size and regularization on the data pipeline and the model; returns it as a dict
+    (what checkpoints store). ``phase`` is a :class:`Phase` or such a dict."""
+    p = phase.as_dict() if isinstance(phase, Phase) else dict(phase)
+    if p.get("dropout") is not None:
+        model.set_dropout(p["dropout"])
+    data.set_augment(image_size=p["image_size"], randaug_magnitude=p["randaug_magnitude"], mixup_alpha=p["mixup_alpha"],
+                     cutmix_alpha=p["cutmix_alpha"])
+    return p
 
 
 def _lerp(lo: float, hi: float, t: float) -> float:
@@ -62,28 +74,28 @@ def _pair(name, v):
     return float(lo), float(hi)
 
 
-def _stage_bounds(total_epochs: int, num_stages: int, i: int) -> tuple[int, int]:
-    return total_epochs * i // num_stages, total_epochs * (i + 1) // num_stages
+def _phase_bounds(total_epochs: int, num_phases: int, i: int) -> tuple[int, int]:
+    return total_epochs * i // num_phases, total_epochs * (i + 1) // num_phases
 
 
 class ProgressiveSchedule:
-    """Algorithm 1: ``num_stages`` stages over ``total_epochs``, each setting interpolated from (min, max).
+    """Algorithm 1: ``num_phases`` phases over ``total_epochs``, each setting interpolated from (min, max).
 
     Args:
         image_size / randaug / mixup / cutmix / dropout: ``(start, end)`` pairs or one constant value;
             ``dropout=None`` never touches the model's dropout (the official code).
-        size_rule: ``"paper"`` (S_0 at stage 0, i / (M - 1)) or ``"official"`` (S_0 + (S_e - S_0)(i + 1)/M, int()).
+        size_rule: ``"paper"`` (S_0 at phase 0, i / (M - 1)) or ``"official"`` (S_0 + (S_e - S_0)(i + 1)/M, int()).
         size_multiple: round intermediate sizes to this multiple (endpoints stay exact).
     """
 
-    def __init__(self, num_stages: int, total_epochs: int, image_size=(128, 300), randaug=(5, 15), mixup=(0, 0),
+    def __init__(self, num_phases: int, total_epochs: int, image_size=(128, 300), randaug=(5, 15), mixup=(0, 0),
                  cutmix=(0, 0), dropout=(0.1, 0.3), size_rule: str = "paper", size_multiple: int = 8,
                  name: str = "progressive"):
-        if num_stages < 1 or total_epochs < num_stages:
-            raise ConfigError(f"need 1 <= num_stages <= total_epochs, got {num_stages} stages over {total_epochs} epochs")
+        if num_phases < 1 or total_epochs < num_phases:
+            raise ConfigError(f"need 1 <= num_phases <= total_epochs, got {num_phases} phases over {total_epochs} epochs")
         if size_rule not in ("paper", "official"):
             raise ConfigError(f"size_rule must be 'paper' or 'official', got {size_rule!r}")
-        self.num_stages, self.total_epochs, self.name = num_stages, total_epochs, name
+        self.num_phases, self.total_epochs, self.name = num_phases, total_epochs, name
         self.image_size = _pair("image_size", image_size)
         if self.image_size[0] < 1:
             raise ConfigError(f"image sizes must be positive, got {image_size}")
@@ -94,48 +106,48 @@ class ProgressiveSchedule:
         self.size_rule, self.size_multiple = size_rule, size_multiple
 
     def _t(self, i: int) -> float:
-        """Interpolation weight of stage i for the regularizers (np.linspace in the official code too)."""
-        return i / (self.num_stages - 1) if self.num_stages > 1 else 1.0
+        """Interpolation weight of phase i for the regularizers (np.linspace in the official code too)."""
+        return i / (self.num_phases - 1) if self.num_phases > 1 else 1.0
 
     def _size(self, i: int) -> int:
         s0, se = self.image_size
         if self.size_rule == "official":
-            return int(s0 + (se - s0) * (i + 1) / self.num_stages)
-        if i in (0, self.num_stages - 1) or self.num_stages == 1:
-            return int(se if i == self.num_stages - 1 else s0)
+            return int(s0 + (se - s0) * (i + 1) / self.num_phases)
+        if i in (0, self.num_phases - 1) or self.num_phases == 1:
+            return int(se if i == self.num_phases - 1 else s0)
         return _round_to(_lerp(s0, se, self._t(i)), self.size_multiple)
 
-    def stage(self, i: int) -> StageSettings:
-        """The settings of stage ``i`` (0-based)."""
-        if not 0 <= i < self.num_stages:
-            raise ConfigError(f"stage {i} is outside 0..{self.num_stages - 1}")
+    def phase(self, i: int) -> Phase:
+        """The settings of phase ``i`` (0-based)."""
+        if not 0 <= i < self.num_phases:
+            raise ConfigError(f"phase {i} is outside 0..{self.num_phases - 1}")
         t = self._t(i)
-        start, end = _stage_bounds(self.total_epochs, self.num_stages, i)
-        return StageSettings(i, start, end, self._size(i), round(_lerp(*self.randaug, t), 6),
+        start, end = _phase_bounds(self.total_epochs, self.num_phases, i)
+        return Phase(i, start, end, self._size(i), round(_lerp(*self.randaug, t), 6),
                              round(_lerp(*self.mixup, t), 6), round(_lerp(*self.cutmix, t), 6),
                              None if self.dropout is None else round(_lerp(*self.dropout, t), 6))
 
-    def stage_index(self, epoch: int) -> int:
+    def phase_index(self, epoch: int) -> int:
         if not 0 <= epoch < self.total_epochs:
             raise ConfigError(f"epoch {epoch} is outside 0..{self.total_epochs - 1}")
-        return next(i for i in range(self.num_stages) if epoch < _stage_bounds(self.total_epochs, self.num_stages, i)[1])
+        return next(i for i in range(self.num_phases) if epoch < _phase_bounds(self.total_epochs, self.num_phases, i)[1])
 
-    def settings_at(self, epoch: int) -> StageSettings:
+    def phase_at(self, epoch: int) -> Phase:
         """The settings to train epoch ``epoch`` (0-based) with: the hook ``ev2lib.train`` calls every epoch."""
-        return self.stage(self.stage_index(epoch))
+        return self.phase(self.phase_index(epoch))
 
-    def stages(self) -> list[StageSettings]:
-        return [self.stage(i) for i in range(self.num_stages)]
+    def phases(self) -> list[Phase]:
+        return [self.phase(i) for i in range(self.num_phases)]
 
     def scaled(self, image_size=None, total_epochs: int | None = None, size_multiple: int | None = None):
         """The same schedule on another image-size range and epoch budget, regularization unchanged: e.g. the
         paper's V2-S schedule mapped onto CIFAR-sized images, ``paper_schedule().scaled((16, 32), 8, 4)``."""
-        return ProgressiveSchedule(self.num_stages, total_epochs or self.total_epochs, image_size or self.image_size,
+        return ProgressiveSchedule(self.num_phases, total_epochs or self.total_epochs, image_size or self.image_size,
                                    self.randaug, self.mixup, self.cutmix, self.dropout, self.size_rule,
                                    size_multiple or self.size_multiple, self.name)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.name!r}, {self.num_stages} stages / {self.total_epochs} epochs, "
+        return (f"{type(self).__name__}({self.name!r}, {self.num_phases} phases / {self.total_epochs} epochs, "
                 f"size {self.image_size}, randaug {self.randaug}, mixup {self.mixup}, cutmix {self.cutmix}, "
                 f"dropout {self.dropout})")
 
@@ -153,20 +165,20 @@ class RandomResizeSchedule(ProgressiveSchedule):
         self.every, self.adaptive, self.seed = every, adaptive, seed
         rng = random.Random(seed)
         lo, hi = self.image_size
-        self._sizes = [_round_to(rng.uniform(lo, hi), size_multiple) for _ in range(self.num_stages)]
+        self._sizes = [_round_to(rng.uniform(lo, hi), size_multiple) for _ in range(self.num_phases)]
 
-    def stage(self, i: int) -> StageSettings:
-        if not 0 <= i < self.num_stages:
-            raise ConfigError(f"stage {i} is outside 0..{self.num_stages - 1}")
+    def phase(self, i: int) -> Phase:
+        if not 0 <= i < self.num_phases:
+            raise ConfigError(f"phase {i} is outside 0..{self.num_phases - 1}")
         lo, hi = self.image_size
         size = self._sizes[i]
         t = (size - lo) / (hi - lo) if self.adaptive and hi > lo else 1.0
         start, end = i * self.every, min((i + 1) * self.every, self.total_epochs)
-        return StageSettings(i, start, end, size, round(_lerp(*self.randaug, t), 6), round(_lerp(*self.mixup, t), 6),
+        return Phase(i, start, end, size, round(_lerp(*self.randaug, t), 6), round(_lerp(*self.mixup, t), 6),
                              round(_lerp(*self.cutmix, t), 6),
                              None if self.dropout is None else round(_lerp(*self.dropout, t), 6))
 
-    def stage_index(self, epoch: int) -> int:
+    def phase_index(self, epoch: int) -> int:
         if not 0 <= epoch < self.total_epochs:
             raise ConfigError(f"epoch {epoch} is outside 0..{self.total_epochs - 1}")
         return epoch // self.every
@@ -193,36 +205,56 @@ OFFICIAL = {
 }
 
 
-def paper_schedule(variant: str = "efficientnetv2_s", total_epochs: int = 350, num_stages: int = 4,
+def paper_schedule(variant: str = "efficientnetv2_s", total_epochs: int = 350, num_phases: int = 4,
                    size_multiple: int = 8) -> ProgressiveSchedule:
-    """Algorithm 1 with the paper's Table 6 settings (4 stages of ~87 epochs on ImageNet)."""
+    """Algorithm 1 with the paper's Table 6 settings (4 phases of ~87 epochs on ImageNet)."""
     if variant not in PAPER_TABLE6:
         raise ConfigError(f"the paper's Table 6 covers {', '.join(PAPER_TABLE6)}, not {variant!r}")
-    return ProgressiveSchedule(num_stages, total_epochs, size_multiple=size_multiple,
+    return ProgressiveSchedule(num_phases, total_epochs, size_multiple=size_multiple,
                                name=f"paper Table 6 ({variant})", **PAPER_TABLE6[variant])
 
 
-def official_schedule(variant: str = "efficientnetv2_s", total_epochs: int = 350, num_stages: int = 4) -> ProgressiveSchedule:
+def official_schedule(variant: str = "efficientnetv2_s", total_epochs: int = 350, num_phases: int = 4) -> ProgressiveSchedule:
     """The released code's schedule (main.py): sizes at (i + 1)/M from 128, RandAugment 5 -> max, mixup and CutMix
     0 -> max, dropout fixed."""
     if variant not in OFFICIAL:
         raise ConfigError(f"the official code configures {', '.join(OFFICIAL)}, not {variant!r}")
     size, ra, mix, dropout = OFFICIAL[variant]
-    return ProgressiveSchedule(num_stages, total_epochs, image_size=(128, size), randaug=(5, ra), mixup=(0, mix),
+    return ProgressiveSchedule(num_phases, total_epochs, image_size=(128, size), randaug=(5, ra), mixup=(0, mix),
                                cutmix=(0, mix), dropout=dropout, size_rule="official", size_multiple=1,
                                name=f"official code ({variant})")
 
 
 def fixed_schedule(total_epochs: int, image_size: int, randaug: float = 0, mixup: float = 0, cutmix: float = 0,
                    dropout: float | None = None) -> ProgressiveSchedule:
-    """The baseline: one stage, one size, constant regularization."""
+    """The baseline: one phase, one size, constant regularization."""
     return ProgressiveSchedule(1, total_epochs, image_size, randaug, mixup, cutmix, dropout, name=f"fixed {image_size}px")
 
 
-def progressive_resize(num_stages: int, total_epochs: int, image_size=(128, 300), randaug: float = 15,
+def progressive_resize(num_phases: int, total_epochs: int, image_size=(128, 300), randaug: float = 15,
                        mixup: float = 0, cutmix: float = 0, dropout: float | None = 0.3,
                        size_multiple: int = 8) -> ProgressiveSchedule:
     """Progressive resizing without adaptive regularization (Howard 2018; paper Table 13): sizes grow,
     regularization stays constant at the given values."""
-    return ProgressiveSchedule(num_stages, total_epochs, image_size, randaug, mixup, cutmix, dropout,
+    return ProgressiveSchedule(num_phases, total_epochs, image_size, randaug, mixup, cutmix, dropout,
                                size_multiple=size_multiple, name="progressive resize")
+
+
+SCHEDULES = ("paper", "official", "progressive-resize", "random-resize")
+
+
+def make_schedule(kind: str, epochs: int, variant: str = "efficientnetv2_s", sizes=None) -> ProgressiveSchedule:
+    """A progressive schedule by name over ``epochs`` (the training CLI's ``--progressive``), optionally mapped
+    onto the image-size range ``sizes`` (e.g. (16, 32) for CIFAR). Random resize draws a new size every eighth of
+    the run (the paper: every 8 of 350 epochs)."""
+    if kind == "paper":
+        s = paper_schedule(variant, epochs)
+    elif kind == "official":
+        s = official_schedule(variant, epochs)
+    elif kind == "progressive-resize":
+        s = progressive_resize(4, epochs)
+    elif kind == "random-resize":
+        s = RandomResizeSchedule(epochs, every=max(1, epochs // 8))
+    else:
+        raise ConfigError(f"unknown progressive schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+    return s.scaled(tuple(sizes), epochs) if sizes else s

@@ -6,7 +6,10 @@ A result is one JSON file in ``data/results/<name>.json``::
      "config": {...}, "provenance": {git_commit, git_dirty, date, hardware, device_type, versions}, "data": {...}}
 
 ``save`` refuses a ``smoke`` profile (smoke runs prove the code works; they are never results), ``validate``
-checks a record, ``load`` reads one (from this checkout, else from the repository on GitHub, for Colab).
+checks a record, ``load`` reads one.
+
+Where: the ``directory`` argument, else ``$EV2_RESULTS_DIR``, else ``data/results`` in the current folder or the
+nearest parent folder that has one (so a chapter run from ``book/`` finds the repository's ``data/results``).
 """
 from __future__ import annotations
 
@@ -18,19 +21,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import Ev2Error
+from .errors import ResultsError
+from .files import atomic_write
 
 SCHEMA_VERSION = 1
-PROFILES = ("smoke", "colab", "full", "cpu-reference")  # cpu-reference: a CPU run at the largest scale that fits
+# The profile names every registry in ev2lib uses (training, NAS proxies, ablations, chapters' parameters):
+# smoke (CPU, offline, minutes: never a result), cpu-reference (a CPU run at the largest scale that fits),
+# colab (one GPU), full (paper scale).
+PROFILES = ("smoke", "cpu-reference", "colab", "full")
 RESULT_PROFILES = PROFILES[1:]
-REPO_URL = "https://raw.githubusercontent.com/ev2book/efficientnetv2-book/main"  # overridden by $EV2_RESULTS_URL
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "data" / "results"
 REQUIRED_PROVENANCE = ("git_commit", "git_dirty", "date", "hardware", "device_type", "versions")
 
 
-class ResultsError(Ev2Error, ValueError):
-    """A results file that is missing, malformed, or may not be written (a smoke run)."""
+def results_dir(directory: str | Path | None = None) -> Path:
+    """The results folder: ``directory``, else ``$EV2_RESULTS_DIR``, else the nearest ``data/results`` at or above
+    the current folder (``./data/results`` if there is none, for :func:`save` to create)."""
+    if directory or os.environ.get("EV2_RESULTS_DIR"):
+        return Path(directory or os.environ["EV2_RESULTS_DIR"])
+    here = Path.cwd().resolve()
+    return next((d / "data" / "results" for d in (here, *here.parents) if (d / "data" / "results").is_dir()),
+                here / "data" / "results")
 
 
 def hardware(device: str | None = None) -> tuple[str, str]:
@@ -50,15 +60,15 @@ def hardware(device: str | None = None) -> tuple[str, str]:
     return f"{model} ({torch.get_num_threads()} threads)", "cpu"
 
 
-def _git(*args) -> str:
+def _git(*args, cwd=None) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
-def provenance(device: str | None = None) -> dict:
-    """Where, when and with what a result was produced."""
+def provenance(device: str | None = None, cwd: str | Path | None = None) -> dict:
+    """Where, when and with what a result was produced (the commit of the git checkout at ``cwd``)."""
     import torch
     import torchvision
 
@@ -70,8 +80,8 @@ def provenance(device: str | None = None) -> dict:
     if kind == "cuda":
         versions["cuda"] = torch.version.cuda
         versions["cudnn"] = torch.backends.cudnn.version()
-    return {"git_commit": _git("rev-parse", "HEAD") or "unknown",
-            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    return {"git_commit": _git("rev-parse", "HEAD", cwd=cwd) or "unknown",
+            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", cwd=cwd)),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "hardware": desc, "device_type": kind, "versions": versions}
 
@@ -107,43 +117,32 @@ def validate(record: dict, name: str | None = None) -> dict:
 
 def save(name: str, data: dict, *, config: dict, command: str, profile: str, device: str | None = None,
          directory: str | Path | None = None) -> Path:
-    """Write ``data/results/<name>.json`` atomically with provenance. A ``smoke`` profile is refused."""
+    """Write ``<results dir>/<name>.json`` atomically with provenance. A ``smoke`` profile is refused."""
     if profile == "smoke":
-        raise ResultsError("a smoke run is never saved as a result: rerun with a colab, full or cpu-reference profile")
+        raise ResultsError("a smoke run is never saved as a result: rerun with a cpu-reference, colab or full profile")
+    out_dir = results_dir(directory)
     record = {"schema_version": SCHEMA_VERSION, "name": name, "profile": profile, "command": command,
-              "config": config, "provenance": provenance(device), "data": data}
+              "config": config, "provenance": provenance(device, cwd=out_dir if out_dir.is_dir() else None), "data": data}
     validate(json.loads(json.dumps(record)), name)
-    out_dir = Path(directory) if directory else RESULTS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(out_dir / f"{name}.json", json.dumps(record, indent=1) + "\n")
 
 
 def load(name: str, directory: str | Path | None = None) -> dict:
-    """Read and validate a result: from this checkout's ``data/results``, else (Colab) from the repository URL."""
-    path = Path(directory or RESULTS_DIR) / f"{name}.json"
-    if path.exists():
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ResultsError(f"{path} is not valid JSON ({e}); restore it with git checkout") from None
-        return validate(record, name)
-    url = f"{os.environ.get('EV2_RESULTS_URL', REPO_URL)}/data/results/{name}.json"
+    """Read and validate the result ``name`` from the results folder (:func:`results_dir`)."""
+    path = results_dir(directory) / f"{name}.json"
+    if not path.exists():
+        raise ResultsError(f"result {name!r} is not in {path.parent}: set EV2_RESULTS_DIR to the data/results folder "
+                           f"of a checkout of the book's repository")
     try:
-        from urllib.request import urlopen
-
-        with urlopen(url, timeout=20) as r:
-            return validate(json.loads(r.read()), name)
-    except OSError as e:
-        raise ResultsError(f"result {name!r} is neither in {path.parent} nor reachable at {url} ({e})") from None
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path} is not valid JSON ({e}); restore it with git checkout") from None
+    return validate(record, name)
 
 
 def list_results(directory: str | Path | None = None) -> list[str]:
-    """Names of the results in ``data/results``."""
-    return sorted(p.stem for p in Path(directory or RESULTS_DIR).glob("*.json"))
+    """Names of the results in the results folder."""
+    return sorted(p.stem for p in results_dir(directory).glob("*.json"))
 
 
 def caption(record: dict) -> str:

@@ -15,7 +15,7 @@ from ev2lib.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 # Generated data, 8-12 px, 4 steps per epoch: a table in a few seconds.
 TINY = dict(data="synthetic:128", train_subset=0, eval_subset=32, batch_size=32, epochs=2, sizes=(8, 12, 12),
-            num_stages=2, seeds=(0, 1), eval_every=1)
+            num_phases=2, seeds=(0, 1), eval_every=1)
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +32,18 @@ def test_cells_follow_the_paper_tables():
     t5 = cells(5, p)
     assert [c[1] for c in t5] == [{"image_size": s, "randaug": m} for s in p.sizes for m in p.magnitudes]
     for _, coords, sched in t5:
-        st = sched.stages()
+        st = sched.phases()
         assert len(st) == 1 and st[0].image_size == coords["image_size"] and st[0].randaug_magnitude == coords["randaug"]
     (pname, _, prog), (fname, _, fixed) = cells(12, p)
-    assert prog.stages()[0].image_size == p.sizes[0] and prog.stages()[-1].image_size == p.sizes[-1]
-    assert fixed.num_stages == 1 and fixed.stage(0).image_size == p.sizes[-1]
-    assert fixed.stage(0).randaug_magnitude == p.reg_end["randaug"] == prog.stages()[-1].randaug_magnitude
+    assert prog.phases()[0].image_size == p.sizes[0] and prog.phases()[-1].image_size == p.sizes[-1]
+    assert fixed.num_phases == 1 and fixed.phase(0).image_size == p.sizes[-1]
+    assert fixed.phase(0).randaug_magnitude == p.reg_end["randaug"] == prog.phases()[-1].randaug_magnitude
     t13 = {name: sched for name, _, sched in cells(13, p)}
     assert set(t13) == {"progressive + adaptive", "progressive resize", "random resize + adaptive", "random resize"}
-    const = t13["progressive resize"].stages()
+    const = t13["progressive resize"].phases()
     assert {s.randaug_magnitude for s in const} == {p.reg_end["randaug"]} and {s.dropout for s in const} == {p.reg_end["dropout"]}
-    assert [s.image_size for s in const] == [s.image_size for s in t13["progressive + adaptive"].stages()]
-    rr, rc = t13["random resize + adaptive"].stages(), t13["random resize"].stages()
+    assert [s.image_size for s in const] == [s.image_size for s in t13["progressive + adaptive"].phases()]
+    rr, rc = t13["random resize + adaptive"].phases(), t13["random resize"].phases()
     assert [s.image_size for s in rr] == [s.image_size for s in rc] and len(rr) == p.epochs // p.random_every
     lo, hi = p.sizes[0], p.sizes[-1]
     for s in rr:  # adaptive: regularization follows the sampled size
@@ -86,7 +86,7 @@ def test_run_table_tiny_grid_record_shape_and_save(tmp_path):
             assert len(r["history"]) == 2
         assert math.isfinite(cell["acc_std"]) and cell["acc_mean"] == pytest.approx(sum(r["acc"] for r in cell["runs"]) / 2)
     prog = rec["cells"][0]
-    assert [h["image_size"] for h in prog["runs"][0]["history"]] == [8, 12]  # the stages were applied
+    assert [h["image_size"] for h in prog["runs"][0]["history"]] == [8, 12]  # the phases were applied
     assert rec["summary"]["time_ratio_progressive_over_fixed"]["n"] == 2
     # Table 13 reuses Table 12's progressive runs (same cache): identical numbers, no second training.
     n_runs = len(cache)
