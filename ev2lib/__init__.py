@@ -21,5 +21,5 @@ __version__ = "0.1.0"
 from . import blocks, configs  # noqa: E402
 from .configs import ModelConfig, Stage, get_config, list_configs  # noqa: E402
 from .errors import ConfigError, DataError, Ev2Error, InputSizeError, TrainingError, WeightsError  # noqa: E402
-from .model import EfficientNet, create_model, list_models  # noqa: E402
+from .model import EfficientNet, create_model, list_models, swap_blocks  # noqa: E402
 from .weights import convert_state_dict, load_pretrained  # noqa: E402

@@ -341,7 +341,7 @@ def checkpoint(run: Run) -> None:
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
             "scaler": run.scaler.state_dict(), "rng": rng_state(), "step": run.step, "phase": run.phase,
-            "history": run.history, "config": run.config})
+            "history": run.history, "config": run.config, "normalization": run.model.normalization})
         run.log(event="checkpoint", step=run.step, path=str(run.ckpt_path))
     if run.world > 1:
         dist.barrier()
@@ -357,6 +357,7 @@ def resume(run: Run) -> None:
         run.ema.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
     run.step, run.phase, run.history = state["step"], state.get("phase"), state.get("history", [])
+    run.model.normalization = tuple(tuple(v) for v in state.get("normalization", run.model.normalization))
     run.log(event="resume", step=run.step)
 
 

@@ -78,3 +78,36 @@ def test_validate_rejects_bad_records(tmp_path, breakage):
     (tmp_path / "r.json").write_text("{not json")
     with pytest.raises(results.ResultsError, match="not valid JSON"):
         results.load("r", directory=tmp_path)
+
+
+def test_results_folder_comes_from_argument_environment_or_the_nearest_data_results(tmp_path, monkeypatch):
+    monkeypatch.delenv("EV2_RESULTS_DIR", raising=False)
+    (tmp_path / "repo" / "data" / "results").mkdir(parents=True)
+    (tmp_path / "repo" / "book").mkdir()
+    monkeypatch.chdir(tmp_path / "repo" / "book")
+    assert results.results_dir() == (tmp_path / "repo" / "data" / "results").resolve()
+    monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path / "elsewhere"))
+    assert results.results_dir() == tmp_path / "elsewhere" and results.results_dir(tmp_path) == tmp_path
+    with pytest.raises(results.ResultsError, match="set EV2_RESULTS_DIR"):
+        results.load("absent")
+
+
+@pytest.mark.slow
+def test_a_regular_install_finds_the_reference_results_from_the_book_folder(tmp_path):
+    """``pip install .`` (not editable) puts no repository path in the library: run from book/, it still finds
+    data/results, as a chapter does."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("EV2_RESULTS_DIR", "PYTHONPATH")}
+    code = ("import ev2lib, pathlib; from ev2lib import results; "
+            "assert pathlib.Path(ev2lib.__file__).parent.parent.name == 'site', ev2lib.__file__; "
+            "print(results.load('train_cifar10_cpu')['name'])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "book", env={**env, "PYTHONPATH": str(site)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "train_cifar10_cpu", r.stderr[-2000:]

@@ -1,0 +1,210 @@
+"""The network builder: a :class:`~ev2lib.configs.ModelConfig` stage table -> ``nn.Module`` (paper §3.3, Table 4).
+
+``create_model("efficientnetv2_s")`` builds the official EfficientNetV2-S; every variant, the EfficientNet V1
+baselines and any NAS sample go through the same :class:`EfficientNet` class.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .blocks import BLOCKS, ConvBNAct
+from .configs import BLOCK_TYPES, ModelConfig, get_config, list_configs
+from .errors import ConfigError, InputSizeError, WeightsError
+
+PADDINGS = ("symmetric", "same")
+# The official from-scratch input normalisation, (x - 128) / 128, in 0-255 pixel units: (mean, std) per channel.
+SCRATCH_NORMALIZATION = ((128.0, 128.0, 128.0), (128.0, 128.0, 128.0))
+
+
+class EfficientNet(nn.Module):
+    """Stem (stage 0) -> block stages 1..K -> 1x1 head conv -> global pooling -> dropout -> FC.
+
+    ``features`` holds the stem, one ``nn.Sequential`` per stage and the head, so
+    ``features[0]`` is the stem and ``features[i]`` is Table 4's stage i. ``normalization`` is the input
+    normalisation the weights expect (:meth:`normalize`): the official (x-128)/128 from scratch, set by
+    :func:`ev2lib.load_pretrained` to what published weights were trained with.
+    """
+
+    normalization = SCRATCH_NORMALIZATION
+
+    def __init__(self, config: ModelConfig, num_classes: int = 1000, padding: str = "symmetric"):
+        super().__init__()
+        if padding not in PADDINGS:
+            raise ConfigError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be positive, got {num_classes}")
+        self.config, self.padding, self.num_classes = config, padding, num_classes
+        bn = dict(bn_eps=config.bn_eps, bn_momentum=config.bn_momentum, padding=padding)
+
+        layers = [ConvBNAct(3, config.stem_channels, 3, config.stem_stride, **bn)]  # stage 0: stem
+        n_blocks, idx = config.num_blocks, 0
+        for s in config.stages:
+            stage = []
+            for r in range(s.repeats):
+                cin, stride = (s.in_channels, s.stride) if r == 0 else (s.out_channels, 1)
+                # Stochastic depth grows linearly with the global block index: 0 for the first, p*(N-1)/N last.
+                drop_path = config.drop_path_rate * idx / n_blocks
+                stage.append(BLOCKS[s.block](cin, s.out_channels, s.kernel, stride, s.expansion, s.se_ratio,
+                                             drop_path, **bn))
+                idx += 1
+            layers.append(nn.Sequential(*stage))
+        layers.append(ConvBNAct(config.stages[-1].out_channels, config.head_channels, 1, **bn))  # head
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(config.dropout, inplace=True),
+                                        nn.Linear(config.head_channels, num_classes))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Initialise as the official code: conv N(0, 2/fan_out), BN (1, 0), FC U(+-1/sqrt(classes)), biases 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / m.out_features ** 0.5
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def min_image_size(self) -> int:
+        """The smallest input side the network accepts: one pixel per cell of its final feature map."""
+        return self.config.total_stride
+
+    @property
+    def dropout(self) -> float:
+        return self.classifier[0].p
+
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout rate before the FC layer in place (progressive learning, paper §4.2)."""
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {p}")
+        self.classifier[0].p = float(p)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in 0-255 pixel units (uint8 or float) -> ``(x - mean) / std`` in float32."""
+        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in self.normalization)
+        return (x.float() - mean) / std
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, head_channels, H/32, W/32) for the ImageNet variants."""
+        if x.shape[-1] < self.min_image_size or x.shape[-2] < self.min_image_size:
+            raise InputSizeError(
+                f"{self.config.name} needs images of at least {self.min_image_size}x{self.min_image_size} "
+                f"(its total stride), got {x.shape[-2]}x{x.shape[-1]}: resize the input")
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.forward_features(x)).flatten(1)  # (B, head_channels)
+        return self.classifier(x)  # (B, num_classes)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` with a one-line error when a strict load does not fit this variant."""
+        if strict:
+            check_state_dict(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def check_state_dict(model: nn.Module, state_dict) -> None:
+    """Raise :class:`WeightsError` with one line if ``state_dict`` does not fit ``model`` key for key, shape for shape."""
+    own = model.state_dict()
+    name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        what = []
+        if shapes:
+            k = shapes[0]
+            what.append(f"{len(shapes)} shape mismatches (first {k}: {tuple(state_dict[k].shape)} "
+                        f"vs {tuple(own[k].shape)})")
+        if missing:
+            what.append(f"{len(missing)} missing keys (first {missing[0]})")
+        if unexpected:
+            what.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]})")
+        raise WeightsError(f"state dict does not fit {name} ({len(state_dict)} tensors vs {len(own)}): "
+                           f"{'; '.join(what)}. Is it from another variant or library? "
+                           f"Use ev2lib.convert_state_dict for timm weights.")
+
+
+def parse_stages(text) -> list[int]:
+    """Stage ranges as the command lines write them: ``"1-3"`` -> [1, 2, 3]; ``"2"`` -> [2]; ``"none"``/""/None -> []."""
+    if text is None or str(text).lower() in ("", "none", "no"):
+        return []
+    try:
+        lo, _, hi = str(text).partition("-")
+        return list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(f"stages must look like 1-3 or none, got {text!r}") from None
+
+
+def swap_blocks(config: str | ModelConfig, stages, block: str = "fused", kernel: int | None = None,
+                se_ratio: float | None = None) -> ModelConfig:
+    """``config`` with the blocks of ``stages`` (1-based, Table 4 numbering; a list or ``"1-3"``) set to ``block``.
+
+    Paper Table 3 replaces MBConv by Fused-MBConv on EfficientNet-B4: "Fused stage1-3" is
+    ``swap_blocks("efficientnet_b4", [1, 2, 3])``. Fused stages lose squeeze-excitation unless ``se_ratio`` is given
+    (no official V2 config has SE in a fused block); MBConv stages keep theirs. ``kernel`` overrides the kernel size
+    (V2 uses 3x3 everywhere; B4 has 5x5 in stages 3, 5 and 6). The name records the change, e.g.
+    ``efficientnet_b4_fused1-3_k3``.
+    """
+    cfg = get_config(config)
+    stages = sorted(set(parse_stages(stages) if isinstance(stages, str) else map(int, stages)))
+    if block not in BLOCK_TYPES:
+        raise ConfigError(f"block must be one of {BLOCK_TYPES}, got {block!r}")
+    if not stages:
+        return cfg
+    rows = list(cfg.stages)
+    for i in stages:
+        if not 1 <= i <= len(rows):
+            raise ConfigError(f"{cfg.name} has block stages 1..{len(rows)}; got stage {i}")
+        se = se_ratio if se_ratio is not None else 0.0 if block == "fused" else rows[i - 1].se_ratio
+        rows[i - 1] = dataclasses.replace(rows[i - 1], block=block, se_ratio=se, kernel=kernel or rows[i - 1].kernel)
+    tag = f"{block}{stages[0]}-{stages[-1]}" + (f"_k{kernel}" if kernel else "") + (f"_se{se_ratio:g}" if se_ratio else "")
+    return cfg.replace(stages=tuple(rows), name=f"{cfg.name}_{tag}")
+
+
+def list_models() -> list[str]:
+    """Every name :func:`create_model` accepts."""
+    return list_configs()
+
+
+def create_model(name: str | ModelConfig, num_classes: int = 1000, dropout: float | None = None,
+                 drop_path_rate: float | None = None, fused_stages=None, padding: str = "symmetric",
+                 bn_eps: float | None = None, bn_momentum: float | None = None, pretrained: str | None = None,
+                 **config_overrides) -> EfficientNet:
+    """Build a network by name (see :func:`list_models`) or from a :class:`ModelConfig`.
+
+    Args:
+        dropout / drop_path_rate: override the variant's rates (None keeps the official value).
+        fused_stages: block stages (1-based, Table 4 numbering) whose MBConv blocks become Fused-MBConv, as in the
+            paper's Table 3 ablation on EfficientNet-B4: ``fused_stages=range(1, 4)`` is "Fused stage1-3".
+        padding: ``"symmetric"`` (PyTorch, torchvision weights) or ``"same"`` (TensorFlow, official/timm weights).
+        pretrained: ``"torchvision"`` or ``"timm"`` to download and load published weights
+            (:func:`ev2lib.load_pretrained`).
+        config_overrides: any other :class:`ModelConfig` field, e.g. ``stem_stride=1``.
+    """
+    cfg = get_config(name)
+    changes = {k: v for k, v in dict(dropout=dropout, drop_path_rate=drop_path_rate, bn_eps=bn_eps,
+                                      bn_momentum=bn_momentum).items() if v is not None}
+    unknown = set(config_overrides) - set(ModelConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown create_model argument(s) {sorted(unknown)}")
+    changes.update(config_overrides)
+    if changes:
+        cfg = cfg.replace(**changes)
+    if fused_stages is not None:
+        cfg = swap_blocks(cfg, fused_stages, "fused")
+    model = EfficientNet(cfg, num_classes=num_classes, padding=padding)
+    if pretrained:
+        from .weights import load_pretrained
+
+        load_pretrained(model, source=pretrained)
+    return model

@@ -1,0 +1,154 @@
+"""Published weights: torchvision's and timm's state dicts in ev2lib's layout, and downloading them.
+
+ev2lib's native layout *is* torchvision's (``features.{stage}.{block}.block.{layer}.{0|1}``), so torchvision's
+``efficientnet_v2_s/m/l`` and ``efficientnet_b0..b7`` state dicts load with ``strict=True`` unchanged.
+timm's ``tf_efficientnetv2_*`` ports of the official TensorFlow checkpoints use named modules
+(``blocks.{s}.{b}.conv_pw`` ...) and need :func:`convert_state_dict` plus ``padding="same"``: TensorFlow pads a
+stride-2 convolution 0/1 pixels (top-left/bottom-right) on even inputs where PyTorch pads 1/1.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+
+import torch
+
+from .errors import WeightsError
+from .files import load_torch
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a checkpoint comes from, the padding it was trained with and its input normalisation (0-255 units)."""
+
+    url: str
+    padding: str  # "symmetric" (PyTorch) or "same" (TensorFlow)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _pixels(mean_std) -> tuple:
+    """(mean, std) in 0-1 units, as libraries write them -> 0-255 pixel units, as ``EfficientNet.normalize`` takes."""
+    return tuple(tuple(255 * v for v in t) for t in mean_std)
+
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # (x - 127.5) / 127.5
+_TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-effv2-weights/"
+# timm's tf_ ports of the official checkpoints: ev2lib name -> (timm pretrained tag, file, mean/std of timm's
+# pretrained_cfg). ImageNet-1k, except XL which only exists pre-trained on ImageNet-21k and fine-tuned on 1k.
+TIMM_WEIGHTS = {
+    "efficientnetv2_s": ("tf_efficientnetv2_s.in1k", "tf_efficientnetv2_s-eb54923e.pth", _HALF),
+    "efficientnetv2_m": ("tf_efficientnetv2_m.in1k", "tf_efficientnetv2_m-cc09e0cd.pth", _HALF),
+    "efficientnetv2_l": ("tf_efficientnetv2_l.in1k", "tf_efficientnetv2_l-d664b728.pth", _HALF),
+    "efficientnetv2_xl": ("tf_efficientnetv2_xl.in21k_ft_in1k", "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth", _HALF),
+    "efficientnetv2_b0": ("tf_efficientnetv2_b0.in1k", "tf_efficientnetv2_b0-c7cc451f.pth", _IMAGENET),
+    "efficientnetv2_b1": ("tf_efficientnetv2_b1.in1k", "tf_efficientnetv2_b1-be6e41b0.pth", _IMAGENET),
+    "efficientnetv2_b2": ("tf_efficientnetv2_b2.in1k", "tf_efficientnetv2_b2-847de54e.pth", _IMAGENET),
+    "efficientnetv2_b3": ("tf_efficientnetv2_b3.in1k", "tf_efficientnetv2_b3-57773f13.pth", _IMAGENET),
+}
+# ev2lib name -> torchvision builder name (URLs and normalisation are read from torchvision's weight enums).
+TORCHVISION_NAMES = {"efficientnetv2_s": "efficientnet_v2_s", "efficientnetv2_m": "efficientnet_v2_m",
+                     "efficientnetv2_l": "efficientnet_v2_l", **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)}}
+SOURCES = ("torchvision", "timm")
+
+# timm module names -> positions inside ev2lib's ``block`` Sequential, per timm block type.
+_TIMM_BLOCK = {
+    "cn": {"conv": "0.0", "bn1": "0.1"},  # ConvBnAct = Fused-MBConv with expansion 1
+    "er": {"conv_exp": "0.0", "bn1": "0.1", "conv_pwl": "1.0", "bn2": "1.1"},  # EdgeResidual = Fused-MBConv
+    "ir": {"conv_pw": "0.0", "bn1": "0.1", "conv_dw": "1.0", "bn2": "1.1", "se.conv_reduce": "2.fc1",
+           "se.conv_expand": "2.fc2", "conv_pwl": "3.0", "bn3": "3.1"},  # InvertedResidual = MBConv
+}
+
+
+def _timm_block_type(names: set[str]) -> str:
+    return "ir" if "conv_dw" in names else "er" if "conv_exp" in names else "cn"
+
+
+def convert_state_dict(state_dict: dict, source: str = "torchvision") -> dict:
+    """Return ``state_dict`` in ev2lib's layout. ``source="torchvision"``: the identity (layouts match);
+    ``source="timm"``: rename timm's EfficientNet modules rule by rule (shapes and order are unchanged)."""
+    if source == "torchvision":
+        return dict(state_dict)
+    if source != "timm":
+        raise WeightsError(f"unknown weights source {source!r}; use one of {SOURCES}")
+    blocks: dict[tuple[int, int], set[str]] = {}
+    for key in state_dict:
+        m = re.match(r"blocks\.(\d+)\.(\d+)\.(.+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$", key)
+        if m:
+            blocks.setdefault((int(m[1]), int(m[2])), set()).add(m[3])
+    if not blocks:
+        raise WeightsError("this state dict has no timm 'blocks.{stage}.{block}' keys: is it really from timm?")
+    head = max(s for s, _ in blocks) + 2  # features.0 = stem, features.1..K = stages, features.K+1 = head
+    top = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": f"features.{head}.0",
+           "bn2": f"features.{head}.1", "classifier": "classifier.1"}
+    out = {}
+    for key, value in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        m = re.match(r"blocks\.(\d+)\.(\d+)\.(.+)$", module)
+        if m:
+            s, b, name = int(m[1]), int(m[2]), m[3]
+            table = _TIMM_BLOCK[_timm_block_type(blocks[(s, b)])]
+            if name not in table:
+                raise WeightsError(f"cannot map timm key {key!r} (module {name!r} is not part of an EfficientNetV2 block)")
+            out[f"features.{s + 1}.{b}.block.{table[name]}.{leaf}"] = value
+        elif module in top:
+            out[f"{top[module]}.{leaf}"] = value
+        else:
+            raise WeightsError(f"cannot map timm key {key!r} to ev2lib's layout")
+    return out
+
+
+def weights_info(name: str, source: str) -> PretrainedWeights:
+    """The :class:`PretrainedWeights` (URL, padding, input normalisation) published for variant ``name``."""
+    if source == "timm":
+        if name not in TIMM_WEIGHTS:
+            raise WeightsError(f"timm publishes no tf_ weights for {name}; it has {', '.join(TIMM_WEIGHTS)}")
+        _, file, mean_std = TIMM_WEIGHTS[name]
+        return PretrainedWeights(_TIMM_URL + file, "same", *_pixels(mean_std))
+    if source != "torchvision":
+        raise WeightsError(f"unknown weights source {source!r}; use one of {SOURCES}")
+    if name not in TORCHVISION_NAMES:
+        raise WeightsError(f"torchvision publishes no weights for {name}; it has {', '.join(TORCHVISION_NAMES)}")
+    from torchvision.models import get_model_weights
+
+    w = get_model_weights(TORCHVISION_NAMES[name]).DEFAULT
+    t = w.transforms()
+    return PretrainedWeights(w.url, "symmetric", *_pixels((t.mean, t.std)))
+
+
+def load_pretrained(model, source: str = "torchvision", path: str | None = None, progress: bool = True):
+    """Load published ImageNet weights into ``model`` (an :class:`ev2lib.EfficientNet`) and return it.
+
+    Downloads (and caches, in torch.hub's folder) the checkpoint for ``model.config.name`` from ``source``, or reads
+    ``path`` if given (for machines without internet: download the URL from :func:`weights_info` elsewhere).
+    A model with ``num_classes != 1000`` gets every weight but the classifier (transfer learning). The model's
+    ``normalization`` becomes the one the weights were trained with (:attr:`PretrainedWeights.mean` / ``std``).
+    """
+    name = model.config.name
+    info = weights_info(name, source)
+    if model.padding != info.padding:
+        raise WeightsError(f"{source} weights for {name} were trained with {info.padding!r} padding: create the model "
+                           f"with create_model({name!r}, padding={info.padding!r})")
+    if path is None:
+        try:
+            state = torch.hub.load_state_dict_from_url(info.url, map_location="cpu", progress=progress,
+                                                       check_hash=source == "torchvision", weights_only=True)
+        except OSError as e:
+            raise WeightsError(f"could not download {info.url} ({getattr(e, 'reason', e)}): without internet, fetch the "
+                               f"file elsewhere and call load_pretrained(model, source={source!r}, path=FILE)") from None
+        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+            raise WeightsError(f"the downloaded checkpoint for {name} is corrupt ({str(e)[:120]}): delete it from "
+                               f"{torch.hub.get_dir()}/checkpoints and retry") from None
+    else:
+        state = load_torch(path)
+    state = convert_state_dict(state, source)
+    if model.num_classes != state["classifier.1.weight"].shape[0]:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        own = model.state_dict()
+        state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
+    model.load_state_dict(state, strict=True)
+    model.normalization = (info.mean, info.std)
+    return model
