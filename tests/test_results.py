@@ -97,12 +97,16 @@ def test_a_regular_install_finds_the_reference_results_from_the_book_folder(tmp_
     """``pip install .`` (not editable) puts no repository path in the library: run from book/, it still finds
     data/results, as a chapter does."""
     import os
+    import shutil
     import subprocess
     import sys
 
-    site = tmp_path / "site"
+    src, site = tmp_path / "src", tmp_path / "site"  # build from a copy: no build/ folder in the checkout
+    shutil.copytree(ROOT / "ev2lib", src / "ev2lib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=300)
+                        "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if k not in ("EV2_RESULTS_DIR", "PYTHONPATH")}
     code = ("import ev2lib, pathlib; from ev2lib import results; "
@@ -111,3 +115,11 @@ def test_a_regular_install_finds_the_reference_results_from_the_book_folder(tmp_
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "book", env={**env, "PYTHONPATH": str(site)},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "train_cifar10_cpu", r.stderr[-2000:]
+
+
+def test_every_profile_registry_uses_the_same_names():
+    from ev2lib import ablations, nas, train
+
+    for name, registry in (("train.PROFILES", train.PROFILES), ("nas.PROXIES", nas.PROXIES),
+                           ("ablations.PROFILES", ablations.PROFILES)):
+        assert set(registry) == set(results.PROFILES), f"{name} has {sorted(registry)}, not {results.PROFILES}"
