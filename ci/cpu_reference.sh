@@ -6,28 +6,39 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 . "$ROOT/ci/setup.sh" >/dev/null  # $PY, and EV2_DATA_DIR for the shared offline CIFAR-10
+if ! git diff --quiet HEAD -- ev2lib ci; then
+  echo "error: ev2lib/ or ci/ has uncommitted changes: commit first, so the results name the code that made them" >&2
+  exit 1
+fi
+# Resumable: a result already recorded at this commit is skipped, and the training run, the search log and the
+# ablation runs of this commit continue where they stopped, so the script can be stopped and run again.
+COMMIT="$(git rev-parse --short=12 HEAD)"
+recorded() {
+  "$PY" -c 'import sys; from ev2lib import results
+r = results.load(sys.argv[1]); sys.exit(r["provenance"]["git_commit"] != results.git_commit())' "$1" 2>/dev/null
+}
 # --- bottleneck analysis (issue 4): book/bottlenecks.ipynb and book/fused_mbconv.ipynb (~8 min in all) ---
 # Table 2 analogue on CPU: EfficientNet-B6 training cost, memory and largest batch (8 GiB budget) vs image size.
-"$PY" -m ev2lib.bench --model efficientnet_b6 --image-size 64 96 128 --batch-size 2 --max-batch --memory-budget-gb 8 --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_image_size_cpu --profile cpu-reference
+recorded bottlenecks_image_size_cpu || "$PY" -m ev2lib.bench --model efficientnet_b6 --image-size 64 96 128 --batch-size 2 --max-batch --memory-budget-gb 8 --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_image_size_cpu --profile cpu-reference
 # Depthwise vs fused: per-stage forward+backward time of EfficientNet-B4 with MBConv everywhere vs Fused-MBConv everywhere.
-"$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-7 --image-size 96 --batch-size 2 --stage-times --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_stage_times_cpu --profile cpu-reference
+recorded bottlenecks_stage_times_cpu || "$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-7 --image-size 96 --batch-size 2 --stage-times --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_stage_times_cpu --profile cpu-reference
 # Equal vs non-uniform scaling: per-stage time of V1 B0/B2/B4/B7 and V2 S/M/L at one size.
-"$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b2 efficientnet_b4 efficientnet_b7 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 2 --stage-times --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_scaling_cpu --profile cpu-reference
+recorded bottlenecks_scaling_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b2 efficientnet_b4 efficientnet_b7 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 2 --stage-times --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_scaling_cpu --profile cpu-reference
 # Table 3 on CPU: EfficientNet-B4 with MBConv -> Fused-MBConv in stages none / 1-3 / 1-5 / 1-7.
-"$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-3 1-5 1-7 --image-size 96 --batch-size 2 --repeats 3 --warmup 1 --no-inference --device cpu --save fused_mbconv_table3_cpu --profile cpu-reference
+recorded fused_mbconv_table3_cpu || "$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-3 1-5 1-7 --image-size 96 --batch-size 2 --repeats 3 --warmup 1 --no-inference --device cpu --save fused_mbconv_table3_cpu --profile cpu-reference
 # --- training engine (issue 5): book/training.ipynb (~10 min of training on 2 idle cores) ---
 # The CPU preset on all of CIFAR-10 (shared offline archive via EV2_DATA_DIR), 4 epochs, amp auto (bf16 where native).
-rm -rf runs/cpu-reference-train
-"$PY" -m ev2lib.train --profile cpu-reference --data cifar10 --progress false --out runs/cpu-reference-train --save-result train_cifar10_cpu
+recorded train_cifar10_cpu || "$PY" -m ev2lib.train --profile cpu-reference --data cifar10 --progress false --out runs/cpu-reference-train-$COMMIT --save-result train_cifar10_cpu
 # --- training-aware NAS and scaling (issue 7): book/nas.ipynb and book/scaling.ipynb ---
 # 50-trial random search on the shared CIFAR-10 (1,024 images, 16 px, 3 epochs per trial, one thread; ~10 min on 2 idle cores).
-rm -f runs/nas-cpu-reference.jsonl
-"$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference.jsonl --save nas_search_cifar10
+recorded nas_search_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference-$COMMIT.jsonl --save nas_search_cifar10
 # V1 B0-B7 and V2 B0-B3/S/M/L: parameters and training throughput at one small image size (~3 min).
-"$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
-# --- progressive learning ablations (issue 6): book/ablations.ipynb ---
-# Two one-thread processes side by side, ~17 min on 2 idle cores: Tables 12 + 13 (15 runs; Table 12's progressive runs
-# are Table 13's first row, ~10 min) and Table 5 (3 sizes x 3 RandAugment magnitudes x 3 seeds = 27 runs, ~17 min).
-"$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --save & ablations_a=$!
-"$PY" -m ev2lib.ablations --table 5 --profile cpu-reference --threads 1 --save & ablations_b=$!
+recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
+# --- progressive learning ablations (issue 11): book/ablations.ipynb ---
+# Two one-thread processes side by side: Tables 12 + 13 (progressive vs a baseline tuned over three regularization
+# levels on validation; adaptive vs constant regularization; 3 seeds) and Table 5 (3 sizes x 3 magnitudes, 2 seeds).
+# Resumable: every finished (cell, seed) run is kept in runs/ablations/<commit>-<profile digest>/, so rerunning this
+# section at the same commit trains only what is missing. Each result file records its wall time.
+"$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_a=$!
+"$PY" -m ev2lib.ablations --table 5 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_b=$!
 wait "$ablations_a"; wait "$ablations_b"

@@ -1,25 +1,29 @@
-"""Small-scale ablations of progressive learning (paper §4, §6.2-6.3; Tables 5, 12 and 13), run with ev2lib.train.
+"""Small-scale ablations of progressive learning (paper §4.1, §6.2, §6.3; Tables 5, 12 and 13), run with
+:func:`ev2lib.train.train` on CIFAR-10.
 
-* **Table 5** -- image size x RandAugment magnitude: is the best magnitude larger for larger images (§4.1)?
-* **Table 12** -- progressive learning (Algorithm 1) vs training at one fixed size: accuracy and wall time.
-* **Table 13** -- adaptive vs constant regularization, for progressive resize (Howard 2018) and random resize
-  (Hoffer et al. 2019: a random size every few epochs).
+* **Table 5** (§4.1) -- image size x RandAugment magnitude: does the best magnitude grow with the image size?
+* **Table 12** (§6.2) -- progressive learning with adaptive regularization (Algorithm 1) against training at the
+  large size with a *tuned* regularization (the best of :attr:`AblationProfile.levels` on validation): accuracy,
+  training time, and time to reach the tuned baseline's final accuracy (the paper's "1.4-2.2x faster").
+* **Table 13** (§6.3) -- adaptive vs constant regularization, for progressive resize (Howard 2018) and random
+  resize (Hoffer et al. 2019: a random size every few epochs).
 
-Every cell of a table is one schedule from :mod:`ev2lib.progressive`; every cell runs for each seed through
-:func:`ev2lib.train.train` and is timed (``train_seconds``: the loop's training time, what the paper's "train
-time" measures; ``wall_seconds``: the whole call). A table reports each cell's mean and sample standard deviation
-over seeds, and the paired (same-seed) differences and time ratios the paper discusses.
+**Honest numbers.** Every run holds ``val_images`` training images out; every choice (the baseline's level, Table
+5's best magnitude) is made on them, and the test split is scored once, at the end of each run. Comparisons are
+paired by seed (same seed: same data subset, initial weights and augmentation stream) and reported as the mean
+difference with a 95 % Student-t interval.
 
-The ImageNet sizes (128-380 px) become CIFAR-10 sizes here: the 32x32 images are resized (down or up) to the
-profile's ``sizes`` (small, middle, large) and the test set is scored at the large size (or, for Table 5, at each
-cell's own training size; the whole test image is resized, no crop). ``python -m ev2lib.ablations --table 12 13
---profile cpu-reference --save`` writes ``data/results/ablations_table{N}_{cpu|gpu}.json``.
+**Resumable.** Each (cell, seed) run is saved as JSON under ``cache/<commit>/`` when it finishes; rerunning the
+same command at the same commit skips it, so a long reference run can be stopped and continued.
+``python -m ev2lib.ablations --table 12 13 --profile cpu-reference --save`` writes
+``<results>/ablations_table{N}_{cpu|gpu}.json``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import hashlib
+import json
 import shutil
 import statistics
 import sys
@@ -29,55 +33,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.transforms import v2
 
 from .errors import ConfigError, cli_main
+from .files import atomic_write
 from .progressive import ProgressiveSchedule, RandomResizeSchedule, fixed_schedule, progressive_resize
 
 TABLES = (5, 12, 13)
+# 97.5 % quantiles of Student's t by degrees of freedom (a mathematical constant, for 95 % intervals).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 @dataclass(frozen=True)
 class AblationProfile:
-    """The scale of an ablation grid. ``reg_start`` / ``reg_end`` are the weak (first phase) and strong (last
-    phase, and constant-regularization baselines) settings: RandAugment magnitude, mixup alpha, dropout rate."""
+    """The scale of an ablation grid. A regularization *level* is (RandAugment magnitude, mixup alpha, dropout)."""
 
     model: str = "efficientnetv2_cifar"
     data: str = "cifar10"
-    train_subset: int = 2000
-    eval_subset: int = 1000
-    epochs: int = 4
-    eval_every: int = 0  # epochs between test evaluations (0 = only after the last epoch: cheaper on a CPU)
+    train_subset: int = 10000
+    val_images: int = 2500  # held out of the training split; every choice is made on these
+    eval_subset: int = 0  # 0 = the whole test split
+    epochs: int = 15
     batch_size: int = 128
-    lr: float = 0.1
-    amp: str = "none"
+    lr: float = 0.2
+    amp: str = "auto"
     sizes: tuple = (16, 24, 32)  # the small / middle / large image size (the paper's 128 / 192 / 300)
-    magnitudes: tuple = (2, 6, 10)  # Table 5 RandAugment magnitudes, official 0-10 scale (the paper's 5 / 10 / 15)
+    magnitudes: tuple = (5, 10, 15)  # Table 5's RandAugment magnitudes (the paper's)
     num_phases: int = 4  # M in Algorithm 1
-    random_every: int = 1  # random resize: a new size every this many epochs (the paper: 8 of 350)
+    random_every: int = 2  # random resize: a new size every this many epochs (the paper: 8 of 350)
     size_multiple: int = 4  # CIFAR-scale sizes: multiples of 4 (8 is too coarse between 16 and 32)
-    reg_start: dict = field(default_factory=lambda: dict(randaug=2, mixup=0.0, dropout=0.1))
-    reg_end: dict = field(default_factory=lambda: dict(randaug=10, mixup=0.2, dropout=0.3))
+    levels: dict = field(default_factory=lambda: {"weak": (0, 0.0, 0.0), "medium": (5, 0.1, 0.1),
+                                                  "strong": (10, 0.2, 0.3)})
     seeds: tuple = (0, 1, 2)
-    one_cell: bool = False  # smoke: only the first cell of each table (plus the baseline it is compared with)
+    table5_seeds: tuple = (0, 1)
+    one_cell: bool = False  # smoke: only two cells of each table
 
     def replace(self, **kw) -> "AblationProfile":
         return dataclasses.replace(self, **kw)
 
+    def digest(self) -> str:
+        """A short hash of the settings: cached runs are reused only by the same profile."""
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
 
 PROFILES = {
     # CPU, offline, seconds per cell: proves the runner works; never saved.
-    "smoke": AblationProfile(train_subset=512, eval_subset=256, epochs=2, batch_size=64, sizes=(12, 16, 16),
-                             num_phases=2, seeds=(0,), one_cell=True),
-    # The CPU reference (~17 min on 2 idle cores, two one-thread processes): 2,000 images, 16/24/32 px, 4 epochs, 3 seeds.
+    "smoke": AblationProfile(train_subset=512, val_images=128, eval_subset=256, epochs=2, batch_size=64,
+                             sizes=(12, 16, 16), num_phases=2, seeds=(0,), table5_seeds=(0,), one_cell=True),
+    # The CPU reference (ci/cpu_reference.sh, one-thread processes side by side on 2 cores).
     "cpu-reference": AblationProfile(),
-    # One GPU, the whole grid in about 8 minutes (ci/gpu_reference.sh): 3,000 images upsampled to 32/48/64 px,
-    # 8 epochs. Per-image RandAugment runs on the host CPU (~2,000 images/s), which bounds the grid's size.
-    "colab": AblationProfile(train_subset=3000, eval_subset=2000, epochs=8, eval_every=2, batch_size=128, lr=0.1,
-                             amp="auto", sizes=(32, 48, 64), size_multiple=8, random_every=2),
-    # A longer GPU run: all of CIFAR-10 at 64/96/128 px, 24 epochs.
-    "full": AblationProfile(train_subset=0, eval_subset=0, epochs=24, eval_every=1, batch_size=256, lr=0.2, amp="auto",
-                            sizes=(64, 96, 128), size_multiple=8, random_every=2),
+    # One GPU: all of CIFAR-10 (minus validation) upsampled to 32 / 48 / 64 px.
+    "colab": AblationProfile(train_subset=0, val_images=5000, epochs=15, batch_size=256, lr=0.2, sizes=(32, 48, 64),
+                             size_multiple=8),
+    "full": AblationProfile(train_subset=0, val_images=5000, epochs=30, batch_size=256, lr=0.2, sizes=(64, 96, 128),
+                            size_multiple=8),
 }
 
 
@@ -92,163 +100,191 @@ def get_profile(profile: str | AblationProfile, **overrides) -> AblationProfile:
     return PROFILES[profile].replace(**overrides)
 
 
+def _reg(level: tuple) -> dict:
+    ra, mixup, dropout = level
+    return dict(randaug=ra, mixup=mixup, dropout=dropout)
+
+
 def cells(table: int, p: AblationProfile) -> list[tuple[str, dict, ProgressiveSchedule]]:
     """The cells of a table: ``(name, coordinates, schedule)``. Equal names mean equal runs (shared by tables)."""
     lo, mid, hi = p.sizes
-    E, M, a, b = p.epochs, p.num_phases, p.reg_start, p.reg_end
-    ranges = dict(randaug=(a["randaug"], b["randaug"]), mixup=(a["mixup"], b["mixup"]), dropout=(a["dropout"], b["dropout"]))
+    E, M, weak, strong = p.epochs, p.num_phases, _reg(p.levels["weak"]), _reg(p.levels["strong"])
+    ranges = {k: (weak[k], strong[k]) for k in weak}
     adaptive = ProgressiveSchedule(M, E, (lo, hi), size_multiple=p.size_multiple, name="progressive + adaptive", **ranges)
-    fixed = fixed_schedule(E, hi, randaug=b["randaug"], mixup=b["mixup"], dropout=b["dropout"])
     if table == 5:
         out = [(f"size {s}, RandAugment {m}", {"image_size": s, "randaug": m}, fixed_schedule(E, s, randaug=m))
                for s in (lo, mid, hi) for m in p.magnitudes]
     elif table == 12:
-        out = [("progressive + adaptive", {"progressive": True}, adaptive),
-               (f"fixed {hi} px", {"progressive": False}, fixed)]
+        out = [("progressive + adaptive", {"progressive": True}, adaptive)]
+        out += [(f"fixed {hi} px, {name}", {"progressive": False, "level": name}, fixed_schedule(E, hi, **_reg(lv)))
+                for name, lv in p.levels.items()]
     elif table == 13:
+        random = dict(every=p.random_every, seed=0, size_multiple=p.size_multiple, **ranges)
         out = [("progressive + adaptive", {"resize": "progressive", "adaptive": True}, adaptive),
                ("progressive resize", {"resize": "progressive", "adaptive": False},
-                progressive_resize(M, E, (lo, hi), randaug=b["randaug"], mixup=b["mixup"], dropout=b["dropout"],
-                                   size_multiple=p.size_multiple)),
+                progressive_resize(M, E, (lo, hi), size_multiple=p.size_multiple, **strong)),
                ("random resize + adaptive", {"resize": "random", "adaptive": True},
-                RandomResizeSchedule(E, (lo, hi), every=p.random_every, adaptive=True, seed=0,
-                                     size_multiple=p.size_multiple, **ranges)),
+                RandomResizeSchedule(E, (lo, hi), adaptive=True, **random)),
                ("random resize", {"resize": "random", "adaptive": False},
-                RandomResizeSchedule(E, (lo, hi), every=p.random_every, adaptive=False, seed=0,
-                                     size_multiple=p.size_multiple, **ranges))]
+                RandomResizeSchedule(E, (lo, hi), adaptive=False, **random))]
     else:
         raise ConfigError(f"ablation table must be one of {TABLES}, got {table!r}")
     return out[:2] if p.one_cell else out
 
 
-class _ScoreAtSize:
-    """Callback: after the last epoch, score the model on the test split with the whole image resized to ``size``."""
+class _TrainAccuracy:
+    """Callback: after the last epoch, accuracy on up to ``n`` training images without augmentation, at the
+    evaluation size: with the test accuracy it shows whether a run overfits (or underfits)."""
 
-    def __init__(self, size: int, epochs: int, test, batch_size: int = 256):
-        self.size, self.epochs, self.test, self.bs, self.acc = size, epochs, test, batch_size, None
+    def __init__(self, epochs: int, n: int = 2500):
+        self.epochs, self.n, self.acc = epochs, n, None
 
     def on_epoch_end(self, run, metrics):
+        from .data import eval_resize
         from .train import evaluate
 
-        if metrics["epoch"] != self.epochs:
-            return
-        x, y = self.test
-        batches = ((v2.functional.resize(x[i:i + self.bs], [self.size] * 2, antialias=True), y[i:i + self.bs])
-                   for i in range(0, len(y), self.bs))
-        self.acc = evaluate(run.model, batches, run.device, run.config["amp"])["acc"]
+        if metrics["epoch"] == self.epochs and run.data.in_memory:
+            xs, ys = (t[: self.n] for t in run.data.train)
+            batches = ((eval_resize(xs[i:i + 256], run.data.eval_size, crop=False), ys[i:i + 256])
+                       for i in range(0, len(ys), 256))
+            self.acc = evaluate(run.model, batches, run.device, run.config["amp"])["acc"]
 
 
-def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, score_size: int | None = None,
-             progress: bool = False, max_steps: int = 0) -> dict:
-    """Train one cell for one seed; returns accuracy, loss, timings and the per-epoch history."""
-    from .data import load_data
+def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, eval_size: int, progress: bool = False) -> dict:
+    """Train one cell for one seed, scoring validation every epoch (at ``eval_size``), test and (un-augmented)
+    training accuracy at the end."""
     from .train import make_config, train
 
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: train() would resume an old checkpoint
-    hi = p.sizes[-1]
-    cfg = make_config("smoke", model=p.model, data=p.data, train_subset=p.train_subset, eval_subset=p.eval_subset,
-                      epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, warmup_epochs=min(1.0, p.epochs / 4),
-                      image_size=hi, eval_size=hi, crop="pad", amp=p.amp, seed=seed, out=str(out), progress=progress,
-                      log_every=50, max_steps=max_steps, eval_every=p.eval_every or p.epochs)
-    callbacks = []
-    if score_size is not None:
-        test = load_data(p.data, image_size=hi, batch_size=1, eval_subset=p.eval_subset, seed=seed).test
-        n = min(p.eval_subset, len(test[1])) if p.eval_subset else len(test[1])
-        callbacks.append(_ScoreAtSize(score_size, p.epochs, (test[0][:n], test[1][:n])))
-    t0 = time.perf_counter()
-    summary = train(cfg, progressive=schedule, callbacks=callbacks)
-    wall = time.perf_counter() - t0
+    cfg = make_config("smoke", model=p.model, data=p.data, train_subset=p.train_subset, val_images=p.val_images,
+                      eval_subset=p.eval_subset, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                      warmup_epochs=min(1.0, p.epochs / 4), image_size=p.sizes[-1], eval_size=eval_size, crop="pad",
+                      amp=p.amp, seed=seed, out=str(out), progress=progress, log_every=50)
+    t0, train_acc = time.perf_counter(), _TrainAccuracy(p.epochs)
+    summary = train(cfg, progressive=schedule, callbacks=[train_acc])
     last = summary["history"][-1]
-    history = [{k: h[k] for k in ("epoch", "test_acc", "test_loss", "train_seconds")} |
-               ({"image_size": h["phase"]["image_size"]} if "phase" in h else {}) for h in summary["history"]]
-    acc = callbacks[0].acc if callbacks else last["test_acc"]
-    return {"seed": seed, "acc": acc, f"acc_at_{hi}px": last["test_acc"], "loss": last["test_loss"],
-            "train_seconds": last["train_seconds"], "wall_seconds": wall, "history": history}
+    history = [{"epoch": h["epoch"], "val_acc": h["val_acc"], "train_seconds": h["train_seconds"],
+                **({"image_size": h["phase"]["image_size"]} if "phase" in h else {})} for h in summary["history"]]
+    return {"seed": seed, "val_acc": last["val_acc"], "test_acc": last["test_acc"], "test_loss": last["test_loss"],
+            "train_acc": train_acc.acc,
+            "train_seconds": last["train_seconds"], "wall_seconds": time.perf_counter() - t0,
+            "amp": summary["config"]["amp"], "history": history}
 
 
-def _mean_std(xs):
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return (statistics.fmean(xs) if xs else float("nan"), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+# ----------------------------------------------------------------------------------------------------------
+# Statistics: paired over seeds, 95 % Student-t intervals
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and 95 % Student-t interval of ``values`` (the interval is None for fewer than 2 values)."""
+    n = len(values)
+    mean = statistics.fmean(values) if values else float("nan")
+    half = T975[min(n - 1, 10)] * statistics.stdev(values) / n ** 0.5 if n > 1 else None
+    return {"mean": mean, "ci95": None if half is None else [mean - half, mean + half], "n": n, "values": values}
 
 
 def _paired(a: dict, b: dict, key: str, op) -> dict:
-    """Mean and std over seeds of ``op(a_seed, b_seed)`` for the seeds both cells ran."""
-    by_seed = {r["seed"]: r[key] for r in b["runs"]}
-    vals = [op(r[key], by_seed[r["seed"]]) for r in a["runs"] if r["seed"] in by_seed]
-    m, s = _mean_std(vals)
-    return {"mean": m, "std": s, "n": len(vals), "values": vals}
+    """``op(a, b)`` of two cells' ``key`` for each seed both ran, with its interval."""
+    by_seed = {r["seed"]: r for r in b["runs"]}
+    return interval([op(r[key], by_seed[r["seed"]][key]) for r in a["runs"] if r["seed"] in by_seed])
 
 
-def summarize(table: int, cell_records: list[dict]) -> dict:
-    """The comparisons the paper draws from each table (paired over seeds)."""
-    c = {r["name"]: r for r in cell_records}
+def seconds_to_reach(run: dict, target: float) -> float | None:
+    """Training seconds until the run's validation accuracy first reached ``target`` (None if it never did)."""
+    return next((h["train_seconds"] for h in run["history"] if h["val_acc"] >= target), None)
+
+
+def _time_to_accuracy(prog: dict, fixed: dict) -> dict:
+    """Per seed: (seconds the fixed baseline needed to reach its own final validation accuracy) / (seconds the
+    progressive run needed to reach it). Above 1: progressive learning gets there faster."""
+    ratios, missed = [], 0
+    by_seed = {r["seed"]: r for r in prog["runs"]}
+    for f in fixed["runs"]:
+        p = by_seed.get(f["seed"])
+        t_prog = seconds_to_reach(p, f["val_acc"]) if p else None
+        if t_prog is None:
+            missed += p is not None
+            continue
+        ratios.append(seconds_to_reach(f, f["val_acc"]) / t_prog)
+    return {**interval(ratios), "seeds_never_reached": missed}
+
+
+def summarize(table: int, records: list[dict]) -> dict:
+    """The comparisons the paper draws from each table; choices on validation accuracy, reports on test."""
+    c = {r["name"]: r for r in records}
     if table == 5:
         best = {}
-        for r in cell_records:
-            s = r["coords"]["image_size"]
-            if s not in best or r["acc_mean"] > best[s]["acc_mean"]:
-                best[s] = r
-        return {"best_magnitude": {str(s): r["coords"]["randaug"] for s, r in sorted(best.items())}}
+        for r in records:
+            s = str(r["coords"]["image_size"])
+            if s not in best or r["val_acc_mean"] > c[best[s]]["val_acc_mean"]:
+                best[s] = r["name"]
+        return {"best_magnitude_on_val": {s: c[n]["coords"]["randaug"] for s, n in best.items()}}
     if table == 12:
-        prog, fixed = c.get("progressive + adaptive"), next((r for r in cell_records if r["name"].startswith("fixed")), None)
+        prog, fixed = c.get("progressive + adaptive"), [r for r in records if r["name"].startswith("fixed")]
         if not (prog and fixed):
             return {}
-        return {"time_ratio_progressive_over_fixed": _paired(prog, fixed, "train_seconds", lambda x, y: x / y),
-                "wall_ratio_progressive_over_fixed": _paired(prog, fixed, "wall_seconds", lambda x, y: x / y),
-                "acc_diff_progressive_minus_fixed": _paired(prog, fixed, "acc", lambda x, y: x - y)}
+        tuned = max(fixed, key=lambda r: r["val_acc_mean"])
+        return {"tuned_baseline": tuned["name"],
+                "test_acc_diff_progressive_minus_tuned": _paired(prog, tuned, "test_acc", lambda x, y: x - y),
+                "train_time_ratio_progressive_over_tuned": _paired(prog, tuned, "train_seconds", lambda x, y: x / y),
+                "speedup_to_tuned_accuracy": _time_to_accuracy(prog, tuned)}
     out = {}
     for adaptive, constant, key in (("progressive + adaptive", "progressive resize", "progressive"),
                                     ("random resize + adaptive", "random resize", "random")):
         if adaptive in c and constant in c:
-            out[f"acc_gain_adaptive_{key}"] = _paired(c[adaptive], c[constant], "acc", lambda x, y: x - y)
+            out[f"test_acc_gain_adaptive_{key}"] = _paired(c[adaptive], c[constant], "test_acc", lambda x, y: x - y)
     return out
 
 
-def run_table(table: int, profile: str | AblationProfile = "smoke", out: str | Path | None = None, cache: dict | None = None,
-              progress: bool = True, **overrides) -> dict:
-    """Run every cell of ``table`` for every seed of the profile; returns the record :func:`save_table` writes.
+# ----------------------------------------------------------------------------------------------------------
+# Running a table
 
-    ``cache`` (a dict) shares runs between tables: Table 12's progressive cell is Table 13's first row."""
+
+def _cell_record(name: str, coords: dict, schedule, runs: list[dict]) -> dict:
+    mean = {k: statistics.fmean(r[k] for r in runs) for k in ("val_acc", "test_acc", "train_seconds", "wall_seconds")}
+    return {"name": name, "coords": coords, "schedule_name": schedule.name,
+            "schedule": [s.as_dict() for s in schedule.phases()], "runs": runs,
+            **{f"{k}_mean": v for k, v in mean.items()}, "test_acc_ci95": interval([r["test_acc"] for r in runs])["ci95"]}
+
+
+def _cached_run(key: str, cache: Path | None, compute):
+    path = cache / f"{key}.json" if cache else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text())
+    run = compute()
+    if path is not None:
+        atomic_write(path, json.dumps(run))
+    return run
+
+
+def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str | Path | None = None,
+              progress: bool = True, **overrides) -> dict:
+    """Run every cell of ``table`` for every seed (Table 5: ``table5_seeds``); returns what :func:`save_table` writes.
+
+    ``cache``: a folder; each finished run is kept there under the code's commit and the profile's digest, and
+    reused by later calls (Table 12's progressive cell is Table 13's first row; a stopped run continues)."""
+    from .results import git_commit, hardware
+
     p = get_profile(profile, **overrides)
-    cache = {} if cache is None else cache
-    tmp = None
-    if out is None:
-        out = tmp = tempfile.mkdtemp(prefix="ev2_ablations_")
+    seeds = p.table5_seeds if table == 5 else p.seeds
+    folder = Path(cache) / f"{git_commit()[:12]}-{p.digest()}" if cache else None
+    todo = cells(table, p)
     from tqdm.auto import tqdm
 
-    todo = cells(table, p)
-    records = []
-    try:
-        if not cache:  # the first steps of a process are slow (allocator, kernel selection): keep them out of the timings
-            run_cell(todo[0][2], p.replace(train_subset=2 * p.batch_size if p.train_subset else 0, eval_subset=64), p.seeds[0],
-                     Path(out) / "warmup", max_steps=2)
-        bar = tqdm(total=len(todo) * len(p.seeds), desc=f"Table {table}", disable=not progress)
-        # Seed-major order: a change in machine load during the grid hits every cell alike.
-        for seed in p.seeds:
+    bar, runs, t0 = tqdm(total=len(todo) * len(seeds), desc=f"Table {table}", disable=not progress), {}, time.time()
+    with tempfile.TemporaryDirectory(prefix="ev2_ablations_") as tmp:
+        for seed in seeds:  # seed-major: a change in machine load hits every cell alike
             for name, coords, schedule in todo:
-                score = coords.get("image_size") if table == 5 else None
-                key = (name, seed, score)
-                if key not in cache:
-                    slug = "".join(ch if ch.isalnum() else "_" for ch in name)
-                    cache[key] = run_cell(schedule, p, seed, Path(out) / f"table{table}" / slug / f"seed{seed}", score)
+                size = coords.get("image_size", p.sizes[-1])
+                slug = "".join(ch if ch.isalnum() else "_" for ch in f"{name}_at{size}_seed{seed}")
+                runs[(name, seed)] = _cached_run(slug, folder, lambda: run_cell(schedule, p, seed, Path(tmp) / slug, size))
                 bar.update()
-        for name, coords, schedule in todo:
-            score = coords.get("image_size") if table == 5 else None
-            runs = [cache[(name, seed, score)] for seed in p.seeds]
-            acc, tsec, wsec = (_mean_std([r[k] for r in runs]) for k in ("acc", "train_seconds", "wall_seconds"))
-            records.append({"name": name, "coords": coords, "schedule": [s.as_dict() for s in schedule.phases()],
-                            "schedule_name": schedule.name, "runs": runs, "acc_mean": acc[0], "acc_std": acc[1],
-                            "train_seconds_mean": tsec[0], "train_seconds_std": tsec[1],
-                            "wall_seconds_mean": wsec[0], "wall_seconds_std": wsec[1]})
-        bar.close()
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    from .results import hardware
-
+    bar.close()
+    records = [_cell_record(name, coords, sched, [runs[(name, s)] for s in seeds]) for name, coords, sched in todo]
     return {"table": table, "profile": dataclasses.asdict(p), "cells": records, "summary": summarize(table, records),
-            "device": hardware()[0]}
+            "device": hardware()[0], "wall_seconds": sum(r["wall_seconds"] for r in runs.values()),
+            "elapsed_seconds_this_call": time.time() - t0}
 
 
 def result_name(table: int, device_type: str | None = None) -> str:
@@ -266,11 +302,12 @@ def save_table(record: dict, profile: str, command: str, directory=None) -> Path
 
 
 def to_frame(record: dict):
-    """A table record as a pandas DataFrame: one row per cell, accuracy and train time as mean and std."""
+    """A table record as a pandas DataFrame: one row per cell, validation and test accuracy, train time."""
     import pandas as pd
 
-    rows = [{"cell": r["name"], **r["coords"], "seeds": len(r["runs"]), "acc mean": r["acc_mean"], "acc std": r["acc_std"],
-             "train s mean": r["train_seconds_mean"], "train s std": r["train_seconds_std"]} for r in record["cells"]]
+    rows = [{"cell": r["name"], **r["coords"], "seeds": len(r["runs"]), "val acc": r["val_acc_mean"],
+             "test acc": r["test_acc_mean"], "test acc 95% CI": r["test_acc_ci95"],
+             "train s": r["train_seconds_mean"]} for r in record["cells"]]
     return pd.DataFrame(rows)
 
 
@@ -281,8 +318,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
     ap.add_argument("--data", default=None, help="override the dataset (e.g. synthetic:1024)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--out", default=None, help="folder for the run logs (default: a temporary folder)")
-    ap.add_argument("--save", action="store_true", help="write data/results/ablations_table{N}_{cpu|gpu}.json")
+    ap.add_argument("--cache", default="runs/ablations", help="folder of finished runs, reused on a rerun")
+    ap.add_argument("--save", action="store_true", help="write <results>/ablations_table{N}_{cpu|gpu}.json")
     args = ap.parse_args(argv)
     for t in args.table:
         if t not in TABLES:
@@ -292,16 +329,14 @@ def main(argv=None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     over = {k: v for k, v in (("seeds", tuple(args.seeds) if args.seeds else None), ("data", args.data)) if v is not None}
-    cache, records = {}, []
-    command = "python -m ev2lib.ablations " + " ".join(sys.argv[1:] if argv is None else argv)
+    command, records = "python -m ev2lib.ablations " + " ".join(sys.argv[1:] if argv is None else argv), []
     for t in args.table:
-        rec = run_table(t, args.profile, out=args.out, cache=cache, progress=True, **over)
+        rec = run_table(t, args.profile, cache=args.cache, **over)
         records.append(rec)
         print(f"Table {t} ({args.profile}, {len(rec['cells'])} cells):")
         print(to_frame(rec).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         for k, v in rec["summary"].items():
-            shown = f"{v['mean']:.3f} +- {v['std']:.3f} (n={v['n']})" if isinstance(v, dict) and "mean" in v else v
-            print(f"  {k}: {shown}")
+            print(f"  {k}: {v['mean']:.3f}, 95% CI {v['ci95']}, n={v['n']}" if isinstance(v, dict) and "mean" in v else f"  {k}: {v}")
         if args.save:
             print(f"  saved {save_table(rec, args.profile, command)}")
     return records

@@ -67,6 +67,11 @@ def _git(*args, cwd=None) -> str:
         return ""
 
 
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit of the git checkout at ``cwd`` (default: the current folder), or "unknown" outside one."""
+    return _git("rev-parse", "HEAD", cwd=cwd) or "unknown"
+
+
 def provenance(device: str | None = None, cwd: str | Path | None = None) -> dict:
     """Where, when and with what a result was produced (the commit of the git checkout at ``cwd``)."""
     import torch
@@ -80,7 +85,7 @@ def provenance(device: str | None = None, cwd: str | Path | None = None) -> dict
     if kind == "cuda":
         versions["cuda"] = torch.version.cuda
         versions["cudnn"] = torch.backends.cudnn.version()
-    return {"git_commit": _git("rev-parse", "HEAD", cwd=cwd) or "unknown",
+    return {"git_commit": git_commit(cwd),
             "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", cwd=cwd)),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "hardware": desc, "device_type": kind, "versions": versions}

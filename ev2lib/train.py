@@ -68,7 +68,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     grad_clip: float = 0.0  # 0 = no clipping (the norm is logged either way)
-    train_subset: int = 0  # 0 = all training images
+    train_subset: int = 0  # 0 = all training images (after the validation hold-out)
+    val_images: int = 0  # hold this many training images out for choices (tuning); the test split is then scored once, at the end
     eval_subset: int = 0
     num_workers: int = 0
     max_steps: int = 0  # stop after this many steps (0 = all epochs)
@@ -308,7 +309,7 @@ def setup(cfg: TrainConfig) -> Run:
     torch.use_deterministic_algorithms(cfg.deterministic)
     data = load_data(cfg.data, image_size=cfg.image_size, eval_size=cfg.eval_size or None, crop=cfg.crop,
                      batch_size=cfg.batch_size // world, train_subset=cfg.train_subset, eval_subset=cfg.eval_subset,
-                     seed=cfg.seed, rank=rank, world=world, num_workers=cfg.num_workers)
+                     val_images=cfg.val_images, seed=cfg.seed, rank=rank, world=world, num_workers=cfg.num_workers)
     data.set_augment(randaug_magnitude=cfg.randaug_magnitude, mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha)
     over = {k: v for k, v in (("dropout", cfg.dropout), ("drop_path_rate", cfg.drop_path_rate)) if v >= 0}
     model = create_model(cfg.model, num_classes=data.num_classes, **over).to(device)
@@ -416,14 +417,17 @@ def evaluate(model: torch.nn.Module, batches, device="cpu", amp: str = "none", c
     return {"acc": correct / total, "loss": loss / total}
 
 
-def evaluate_run(run: Run, epoch: float, **extra) -> dict:
-    """Evaluate the model (and its EMA) on the run's test split; append to the history and the log."""
+def evaluate_run(run: Run, epoch: float, final: bool, **extra) -> dict:
+    """Evaluate the model (and its EMA) and append to the history and the log: on the validation split when the
+    run holds one out (then the test split only once, at the end), else on the test split."""
     kw = dict(device=run.device, amp=run.config["amp"], channels_last=run.cfg.channels_last)
-    metrics = {"epoch": epoch, "step": run.step, **extra,
-               **{f"test_{k}": v for k, v in evaluate(run.model, run.data.eval_batches(), **kw).items()}}
-    if run.ema is not None:
-        ema = evaluate(run.ema.module, run.data.eval_batches(), **kw)
-        metrics.update({f"ema_test_{k}": v for k, v in ema.items()})
+    splits = (["val"] if run.data.val is not None else []) + (["test"] if run.data.val is None or final else [])
+    metrics = {"epoch": epoch, "step": run.step, **extra}
+    for split in splits:
+        metrics.update({f"{split}_{k}": v for k, v in evaluate(run.model, run.data.eval_batches(split), **kw).items()})
+        if run.ema is not None:
+            ema = evaluate(run.ema.module, run.data.eval_batches(split), **kw)
+            metrics.update({f"ema_{split}_{k}": v for k, v in ema.items()})
     if run.phase is not None:
         metrics["phase"] = run.phase
     run.history.append(metrics)
@@ -471,7 +475,7 @@ def train(cfg: TrainConfig, progressive=None, callbacks=()) -> dict:
         t_train += time.perf_counter() - t0
         done = run.step % spe == 0
         if (done and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)) or run.step >= total:
-            metrics = evaluate_run(run, epoch + 1 if done else run.step / spe, train_seconds=t_train)
+            metrics = evaluate_run(run, epoch + 1 if done else run.step / spe, run.step >= total, train_seconds=t_train)
             for cb in callbacks:
                 getattr(cb, "on_epoch_end", lambda r, m: None)(run, metrics)
         checkpoint(run)

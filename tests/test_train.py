@@ -198,6 +198,7 @@ CHANGES = {
     "decay_epochs": (0.5, {"lr_schedule": "exponential"}), "label_smoothing": (0.3, {}), "ema_decay": (0.9, {}),
     "dropout": (0.5, {}), "drop_path_rate": (0.3, {}), "randaug_magnitude": (5.0, {}), "mixup_alpha": (0.5, {}),
     "cutmix_alpha": (1.0, {}), "amp": ("fp16", {}), "grad_clip": (0.1, {}), "train_subset": (64, {}),
+    "val_images": (32, {}),
     "eval_subset": (32, {}), "max_steps": (5, {}), "eval_every": (2, {}), "seed": (1, {}),
 }
 NO_EFFECT = {  # fields that cannot change the numbers, and why
@@ -292,3 +293,9 @@ def test_progressive_schedule_sets_each_phase_and_checkpoint_records_it(tmp_path
 def test_missing_checkpoint_is_one_line_error(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
         T.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_validation_split_is_scored_every_epoch_and_test_only_at_the_end(tmp_path):
+    cfg = make_config("smoke", **{**TINY, "data": "synthetic:160", "val_images": 32, "out": str(tmp_path)})
+    history = train(cfg)["history"]
+    assert [("val_acc" in h, "test_acc" in h) for h in history] == [(True, False), (True, True)]
