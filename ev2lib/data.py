@@ -23,6 +23,7 @@ Data locations: ``$EV2_DATA_DIR`` holds the shared ``cifar10_jpeg.npz``; torchvi
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -40,26 +41,124 @@ AUGMENT_FIELDS = ("image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alph
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Augmentation: one image at a time, from its own seed
+# RandAugment as the official code defines it (paper §4 and §5.1; official efficientnetv2/autoaugment.py)
+
+RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
+               "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
+SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")  # official: negated half the time
+MAX_LEVEL = 10.0  # official ``_MAX_LEVEL``: magnitudes above it extrapolate every range linearly
+RANDAUG_FILL = 128  # official ``replace_value = [128] * 3`` for Rotate, Shear*, Translate*, Cutout
+TRANSLATE_FRACTION = 100 / 224  # official translate_const = 100 px, taken relative to a 224 px side
+CUTOUT_FRACTION = 40 / 224  # official cutout_const = 40 px (half the box side), relative to a 224 px side
+_NEAREST = v2.InterpolationMode.NEAREST  # the official image_ops.rotate/translate/transform default
 
 
-def randaug_bins(magnitude: float) -> tuple[int, int]:
-    """Map an official RandAugment magnitude (0-10 scale, ``_MAX_LEVEL = 10``) to torchvision's
-    ``(magnitude, num_magnitude_bins)``.
+def op_args(op: str, magnitude: float, side: int) -> tuple:
+    """The argument of RandAugment op ``op`` at ``magnitude`` (official ``level_to_arg``, level/10 of each range).
 
-    With 31 bins torchvision's top bin (30) gives the official level-10 maxima: shear 0.3, rotate 30 deg,
-    brightness/colour/contrast/sharpness 1 +- 0.9, posterize to 4 bits, translate ~0.45 of the side. So official m
-    -> bin ``round(3 m)`` of 31. torchvision cannot extrapolate past level 10 (the paper's 15-25): m > 10 is
-    clamped. The official op set adds Cutout, SolarizeAdd and Invert and has no Identity.
+    Unsigned: :func:`rand_augment` negates the :data:`SIGNED_OPS` half the time. ``side`` is the image side the op
+    acts along (width for TranslateX, height for TranslateY, the shorter side for Cutout). Level 10 gives rotate
+    30 deg, shear 0.3, translate 100/224 of the side, enhance factor 1.9 (0.1 at level 0, 1.0 at level 5: below 5
+    Color/Contrast/Brightness/Sharpness *degrade*, above it they exaggerate), posterize 4 bits, solarize threshold
+    256, SolarizeAdd +110 below grey 128, Cutout half-side 40/224 of the side. Above 10 every formula extrapolates
+    (level 15: rotate 45 deg, shear 0.45, enhance 2.8). Official quirks kept: Posterize keeps *more* bits and
+    Solarize inverts *fewer* pixels as the level rises (both identity from level 20 / 10 on).
     """
-    m = min(max(float(magnitude), 0.0), 10.0)
-    return int(round(3 * m)), 31
+    if op not in RANDAUG_OPS:
+        raise DataError(f"unknown RandAugment op {op!r}; known: {RANDAUG_OPS}")
+    r = float(magnitude) / MAX_LEVEL
+    if op in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if op in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return (r * 1.8 + 0.1,)
+    # Posterize: official int(r * 4) bits, then a shift by 8 - bits. The official code is silent on bits outside
+    # 0-8. A shift by 8 (levels < 2.5) is implementation-defined in TF's documentation (as far as we know XLA,
+    # which the paper's TPUs run, gives 0, a black image, as here; TF's CPU kernel clamps the shift to 7). A
+    # negative shift (levels >= 22.5) does not convert to the image's uint8. We clamp to 0-8 bits (8 = identity).
+    return {"Rotate": (r * 30.0,), "ShearX": (r * 0.3,), "ShearY": (r * 0.3,),
+            "TranslateX": (r * TRANSLATE_FRACTION * side,), "TranslateY": (r * TRANSLATE_FRACTION * side,),
+            "Posterize": (min(max(int(r * 4), 0), 8),), "Solarize": (int(r * 256),),
+            "SolarizeAdd": (int(r * 110),), "Cutout": (int(r * CUTOUT_FRACTION * side),)}[op]
 
 
-def rand_augment(magnitude: float) -> v2.RandAugment:
-    """torchvision's RandAugment with 2 ops (official ``ra_num_layers=2``) at an official-scale magnitude."""
-    m, bins = randaug_bins(magnitude)
-    return v2.RandAugment(num_ops=2, magnitude=m, num_magnitude_bins=bins, fill=128)
+def _affine(img: torch.Tensor, translate=(0.0, 0.0), shear=(0.0, 0.0)) -> torch.Tensor:
+    """Official shear/translate: nearest neighbour, fill 128, shear about the top-left corner (output pixel (x, y)
+    reads input (x + s y, y) for ShearX, (x, y + s x) for ShearY)."""
+    return v2.functional.affine(img, 0.0, list(translate), 1.0, list(shear), interpolation=_NEAREST,
+                                fill=RANDAUG_FILL, center=[0.0, 0.0])
+
+
+def _shear_degrees(s: float) -> float:
+    return math.degrees(math.atan(s))  # torchvision takes the shear as an angle; the official code as its tangent
+
+
+def _solarize(img: torch.Tensor, threshold: int) -> torch.Tensor:
+    return torch.where(img < threshold, img, 255 - img)  # official: invert the pixels >= threshold
+
+
+def _solarize_add(img: torch.Tensor, addition: int, threshold: int = 128) -> torch.Tensor:
+    added = (img.to(torch.int16) + addition).clamp(0, 255).to(torch.uint8)
+    return torch.where(img < threshold, added, img)
+
+
+def _cutout(img: torch.Tensor, half: int) -> torch.Tensor:
+    """Official cutout: a (2 half)^2 box of grey 128 centred on a uniformly drawn pixel, clipped at the borders."""
+    h, w = img.shape[-2:]
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    out = img.clone()
+    out[..., max(0, cy - half):cy + half, max(0, cx - half):cx + half] = RANDAUG_FILL
+    return out
+
+
+_F = v2.functional
+_APPLY = {  # uint8 (3, H, W) and the op's argument -> uint8 (3, H, W)
+    "AutoContrast": _F.autocontrast, "Equalize": _F.equalize, "Invert": _F.invert,
+    "Rotate": lambda img, deg: _F.rotate(img, deg, interpolation=_NEAREST, fill=RANDAUG_FILL),
+    "Posterize": _F.posterize, "Solarize": _solarize, "SolarizeAdd": _solarize_add,
+    # Color, Brightness, Sharpness: the official blend(degenerate, image, factor) with PIL's degenerate images,
+    # which torchvision's adjust_* compute too (up to rounding by one grey level).
+    "Color": _F.adjust_saturation, "Brightness": _F.adjust_brightness, "Sharpness": _F.adjust_sharpness,
+    # Contrast: torchvision blends with the mean grey level (PIL's ImageEnhance.Contrast, which the official
+    # docstring names). The official TF code blends with sum(histogram)/256 = H*W/256 instead, a constant that
+    # depends on the image size (4 at 32 px, 196 at 224 px): a known bug we do not copy.
+    "Contrast": _F.adjust_contrast,
+    "ShearX": lambda img, s: _affine(img, shear=(_shear_degrees(s), 0.0)),
+    "ShearY": lambda img, s: _affine(img, shear=(0.0, _shear_degrees(s))),
+    "TranslateX": lambda img, px: _affine(img, translate=(px, 0.0)),
+    "TranslateY": lambda img, px: _affine(img, translate=(0.0, px)),
+    "Cutout": _cutout,
+}
+
+
+def rand_augment(img: torch.Tensor, magnitude: float, num_layers: int = 2) -> torch.Tensor:
+    """Official RandAugment (``distort_image_with_randaugment``) on one uint8 (3, H, W) image -> same shape, uint8.
+
+    ``num_layers`` times (official ``ra_num_layers = 2``) pick one of the 16 :data:`RANDAUG_OPS` uniformly and
+    apply it always (the official per-op ``prob`` is drawn but unused), with the argument :func:`op_args` gives at
+    ``magnitude`` on the official 0-10 scale; magnitudes above 10 (the paper's 15-25, Table 6) extrapolate.
+    Every random draw (op, sign, Cutout centre) comes from torch's default CPU generator: seed it (as
+    :func:`augment` does) for a reproducible result.
+
+    Differences from the official code: Translate and Cutout are relative to the side (100/224 and 40/224 of it)
+    where the official constants are pixels at whatever size it trains at (128-380 px under progressive
+    learning); Contrast uses the mean grey level (see ``_APPLY``); Posterize's bits are clamped to 0-8; rounding
+    may differ by one grey level.
+    """
+    if img.dtype != torch.uint8 or img.ndim != 3:
+        raise DataError(f"rand_augment takes one uint8 (3, H, W) image, got {img.dtype} {tuple(img.shape)}")
+    h, w = img.shape[-2:]
+    for _ in range(num_layers):
+        op = RANDAUG_OPS[int(torch.randint(len(RANDAUG_OPS), ()))]
+        side = {"TranslateX": w, "TranslateY": h}.get(op, min(h, w))
+        args = op_args(op, magnitude, side)
+        if op in SIGNED_OPS and torch.rand(()) < 0.5:
+            args = (-args[0],)
+        img = _APPLY[op](img, *args)
+    return img
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Augmentation: one image at a time, from its own seed
 
 
 def _seeds(g: torch.Generator, n: int) -> list[int]:
@@ -72,7 +171,7 @@ def augment(img: torch.Tensor, seed: int, image_size: int, randaug_magnitude: fl
 
     ``crop="rrc"``: the official random resized crop (area 0.05-1, aspect 3/4-4/3) to S. ``crop="pad"``: the
     CIFAR recipe, reflect-pad 4 and crop back to H, then resize to S if S != H. Both flip half the images and
-    then apply RandAugment (2 ops at ``randaug_magnitude``; 0 = off).
+    then apply :func:`rand_augment` (2 ops at ``randaug_magnitude``; 0 = off).
     """
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators stay untouched
@@ -84,7 +183,7 @@ def augment(img: torch.Tensor, seed: int, image_size: int, randaug_magnitude: fl
                 img = v2.functional.resize(img, [image_size, image_size], antialias=True)
         img = v2.RandomHorizontalFlip()(img)
         if randaug_magnitude > 0:
-            img = rand_augment(randaug_magnitude)(img)
+            img = rand_augment(img, randaug_magnitude)
     return img
 
 

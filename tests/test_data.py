@@ -147,10 +147,84 @@ def test_persistent_workers_see_new_augmentation_without_rebuild(tmp_path):
     assert all(torch.equal(a[1], b[1]) for a, b in zip(td.train_batches(2), again.train_batches(2)))  # per-image seeds
 
 
-def test_randaug_magnitude_mapping():
-    assert data.randaug_bins(10) == (30, 31) and data.randaug_bins(5) == (15, 31)
-    assert data.randaug_bins(20 / 3) == (20, 31) and data.randaug_bins(25 / 3) == (25, 31)
-    assert data.randaug_bins(15) == (30, 31)  # torchvision cannot extrapolate past the official level 10
+def _seeded_rand_augment(img, magnitude, seed):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return data.rand_augment(img, magnitude)
+
+
+def test_randaug_op_args_follow_the_official_formulas_and_extrapolate():
+    assert data.RANDAUG_OPS[:3] == ("AutoContrast", "Equalize", "Invert") and len(set(data.RANDAUG_OPS)) == 16
+    args = lambda op, m, side=224: data.op_args(op, m, side)[0]  # noqa: E731
+    assert args("Rotate", 10) == pytest.approx(30) and args("Rotate", 15) == pytest.approx(45)  # not clamped at 10
+    assert args("ShearX", 10) == pytest.approx(0.3) and args("ShearY", 20) == pytest.approx(0.6)
+    assert args("TranslateX", 10) == pytest.approx(100) and args("TranslateY", 20, 32) == pytest.approx(200 / 7)
+    assert [args("Brightness", m) for m in (0, 5, 10, 15)] == pytest.approx([0.1, 1.0, 1.9, 2.8])
+    assert [args("Posterize", m) for m in (0, 5, 10, 20, 25)] == [0, 2, 4, 8, 8]  # more bits (weaker) as m rises
+    assert [args("Solarize", m) for m in (0, 5, 10)] == [0, 128, 256]  # fewer pixels inverted as m rises
+    assert args("SolarizeAdd", 10) == 110 and args("SolarizeAdd", 20) == 220
+    assert args("Cutout", 10) == 40 and args("Cutout", 20, 32) == 11  # int(2 * 40/224 * 32)
+    assert all(data.op_args(op, 20, 32) == () for op in ("AutoContrast", "Equalize", "Invert"))
+    with pytest.raises(DataError, match="unknown RandAugment op 'Identity'"):
+        data.op_args("Identity", 5, 32)
+
+
+def _line_angle(img):
+    """Angle in degrees (0-180) of the principal axis of an image's bright pixels."""
+    ys, xs = torch.nonzero(img[0] > 200, as_tuple=True)
+    xs, ys = xs.float() - xs.float().mean(), ys.float() - ys.float().mean()
+    return float(torch.rad2deg(0.5 * torch.atan2(2 * (xs * ys).mean(), (xs**2).mean() - (ys**2).mean()))) % 180
+
+
+def test_randaug_geometric_ops_move_pixels_as_the_official_code():
+    bar = torch.zeros(3, 65, 65, dtype=torch.uint8)
+    bar[:, 32, 8:57] = 255  # a horizontal bar through the centre
+    for sign in (1, -1):
+        turned = data._APPLY["Rotate"](bar, sign * data.op_args("Rotate", 15, 65)[0])
+        assert min(abs(_line_angle(turned) - a) for a in (45, 135)) < 2  # magnitude 15: 45 degrees
+    column = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    column[:, :, 30] = 255
+    sheared = data._APPLY["ShearX"](column, data.op_args("ShearX", 20, 40)[0])  # input (x + 0.6 y, y)
+    assert [int(torch.nonzero(sheared[0, y] == 255)[0]) for y in (0, 10, 20)] == [30, 24, 18]
+    assert sheared[0, 39, 39] == data.RANDAUG_FILL  # uncovered pixels are grey 128
+    dot = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    dot[:, 10, 5] = 255
+    moved = data._APPLY["TranslateX"](dot, data.op_args("TranslateX", 10, 64)[0])  # 100/224 * 64 = 28.6 px
+    assert abs(int(torch.nonzero(moved[0, 10] == 255)[0]) - 5 - 28.6) <= 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cut = data._APPLY["Cutout"](torch.zeros(3, 224, 224, dtype=torch.uint8), data.op_args("Cutout", 10, 224)[0])
+    rows, cols = torch.nonzero(cut[0] == data.RANDAUG_FILL, as_tuple=True)
+    assert 0 < rows.max() - rows.min() + 1 <= 80 and 0 < cols.max() - cols.min() + 1 <= 80  # box of side 2 x 40
+
+
+def test_randaug_magnitude_0_keeps_the_level_dependent_ops_official():
+    img = data.synthetic(1, size=32)[0][0]
+    for op in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd"):
+        assert torch.equal(data._APPLY[op](img, *data.op_args(op, 0, 32)), img), op  # zero-range ops: identity
+    assert torch.equal(data._APPLY["Solarize"](img, *data.op_args("Solarize", 0, 32)), 255 - img)  # threshold 0
+    assert data._APPLY["Brightness"](img, *data.op_args("Brightness", 0, 32)).float().mean() < 0.11 * img.float().mean() + 1
+    assert int(data._APPLY["Posterize"](img, *data.op_args("Posterize", 0, 32)).max()) == 0  # 0 bits
+
+
+def test_randaug_magnitude_20_perturbs_images_more_than_10():
+    x = data.synthetic(400, size=32, seed=3)[0]
+    change = {m: torch.stack([(_seeded_rand_augment(img, m, seed).float() - img.float()).abs().mean()
+                              for seed, img in enumerate(x)]) for m in (5, 10, 20)}  # mean |pixel change| per image
+    # The same seed draws the same ops and signs at every magnitude: a paired comparison. Level-independent ops
+    # (Invert, Equalize, AutoContrast) and the official Posterize/Solarize quirk dilute it, hence the mean.
+    diff = change[20] - change[10]
+    assert diff.mean() > 5 * diff.std() / len(diff) ** 0.5, diff.mean()  # about 8.5 standard errors here
+    assert change[20].mean() > 1.08 * change[10].mean() > 1.08 * 1.08 * change[5].mean()  # 73.6 > 66.1 > 49.7
+
+
+def test_rand_augment_is_uint8_same_shape_and_deterministic_from_the_seed():
+    img = data.synthetic(1, size=32)[0][0][:, :20, :]  # non-square: (3, 20, 32)
+    outs = [_seeded_rand_augment(img, 15, seed) for seed in (1, 1, 2, 3, 4)]
+    assert all(o.dtype == torch.uint8 and o.shape == img.shape for o in outs)
+    assert torch.equal(outs[0], outs[1]) and not all(torch.equal(outs[0], o) for o in outs[2:])
+    with pytest.raises(DataError, match="one uint8"):
+        data.rand_augment(img.float(), 10)
 
 
 def test_eval_resize_crops_below_320_and_squashes_above():
