@@ -38,6 +38,7 @@ DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "imagenette", 
             "cifar10-shared", "synthetic[:<n>]")
 SQUASH_FROM = 320  # official eval: at >= 320 px the whole image is resized (no crop); below, a centre crop
 AUGMENT_FIELDS = ("image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha")
+VAL_SEED = 2021  # the seed of the validation hold-out: one split for every run
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -314,8 +315,9 @@ def torchvision_dataset(name: str, split: str, root: str | Path, download: bool 
 
 
 def _num_classes(ds) -> int:
-    base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
-    return len(base.classes) if hasattr(base, "classes") else int(max(base._labels)) + 1
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
+    return len(ds.classes) if hasattr(ds, "classes") else int(max(ds._labels)) + 1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -352,10 +354,10 @@ class TrainData:
 
     def __init__(self, train, test, num_classes: int, *, image_size: int, eval_size: int | None = None,
                  batch_size: int = 128, crop: str = "rrc", seed: int = 0, rank: int = 0, world: int = 1,
-                 num_workers: int = 0, source: str = ""):
+                 num_workers: int = 0, source: str = "", val=None):
         if crop not in ("rrc", "pad"):
             raise DataError(f"crop must be 'rrc' or 'pad', got {crop!r}")
-        self.train, self.test, self.num_classes, self.source = train, test, num_classes, source
+        self.train, self.val, self.test, self.num_classes, self.source = train, val, test, num_classes, source
         self.in_memory = isinstance(train, tuple)
         self.batch_size, self.crop, self.seed, self.rank, self.world = batch_size, crop, seed, rank, world
         self.eval_size, self.num_workers, self._loader = eval_size or image_size, num_workers, None
@@ -420,18 +422,21 @@ class TrainData:
         self._sampler.keys = keys
         return iter(self._loader)
 
-    def eval_batches(self, batch_size: int | None = None, limit: int = 0):
-        """Yield ``(x uint8, y)`` over the test split (its first ``limit`` images if > 0), at ``eval_size``."""
-        bs = batch_size or max(self.batch_size, 256)
+    def eval_batches(self, split: str = "test", batch_size: int | None = None, limit: int = 0):
+        """Yield ``(x uint8, y)`` over the ``"test"`` or ``"val"`` split (its first ``limit`` images if > 0), at
+        ``eval_size``."""
+        if split not in ("test", "val") or (split == "val" and self.val is None):
+            raise DataError(f"no {split!r} split: use 'test', or hold out validation images with val_images")
+        data, bs = self.val if split == "val" else self.test, batch_size or max(self.batch_size, 256)
         if self.in_memory:
-            xs, ys = self.test
+            xs, ys = data
             n = min(limit, len(ys)) if limit else len(ys)
             for i in range(0, n, bs):
                 yield eval_resize(xs[i:min(i + bs, n)], self.eval_size, crop=self.crop == "rrc"), ys[i:min(i + bs, n)]
             return
         size = self.eval_size
         tf = v2.Compose([v2.PILToTensor(), v2.Lambda(lambda x: eval_resize(x, size))])
-        ds = _Transformed(self.test, tf)
+        ds = _Transformed(data, tf)
         ds = ds if not limit else torch.utils.data.Subset(ds, range(min(limit, len(ds))))
         yield from torch.utils.data.DataLoader(ds, batch_size=bs, num_workers=self.num_workers)
 
@@ -485,13 +490,24 @@ def _in_memory(name: str, root: Path, download: bool):
     return None
 
 
+def _hold_out(n_total: int, n: int) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): ``n`` images held out of the training split, the same ones for every
+    run and seed (a fixed generator), so that every choice made on validation is made on the same images."""
+    if not 0 < n < n_total:
+        raise DataError(f"val_images={n} must be between 1 and the {n_total - 1} training images left after it")
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(VAL_SEED))
+    return perm[n:].sort().values.tolist(), perm[:n].sort().values.tolist()
+
+
 def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch_size: int = 128, crop: str = "rrc",
               root: str | Path | None = None, download: bool = True, train_subset: int = 0, eval_subset: int = 0,
-              seed: int = 0, rank: int = 0, world: int = 1, num_workers: int = 0) -> TrainData:
+              val_images: int = 0, seed: int = 0, rank: int = 0, world: int = 1, num_workers: int = 0) -> TrainData:
     """Build :class:`TrainData` for a dataset name (see :data:`DATASETS`).
 
     ``cifar10`` uses the shared offline archive when ``$EV2_DATA_DIR`` has it, else torchvision's download.
-    ``synthetic`` (or ``synthetic:<n>``) generates data. ``train_subset`` / ``eval_subset`` keep that many images.
+    ``synthetic`` (or ``synthetic:<n>``) generates data. ``val_images`` holds that many training images out as a
+    validation split (the same for every seed); then ``train_subset`` / ``eval_subset`` keep that many of the rest
+    of the training images / of the test images.
     """
     name = str(name).lower()
     root = Path(root or os.environ.get("EV2_DATASETS", "datasets"))
@@ -500,11 +516,20 @@ def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch
     found = _in_memory(name, root, download)
     if found is not None:
         tr, te, classes, source = found
-        return TrainData(_subset(tr, train_subset, seed), _subset(te, eval_subset, seed + 1), classes, source=source, **kw)
+        val = None
+        if val_images:
+            keep, held = _hold_out(len(tr[1]), val_images)
+            tr, val = (tr[0][keep], tr[1][keep]), (tr[0][held], tr[1][held])
+        return TrainData(_subset(tr, train_subset, seed), _subset(te, eval_subset, seed + 1), classes, source=source,
+                         val=val, **kw)
     tr, te = (torchvision_dataset(name, s, root, download) for s in ("train", "test"))
+    val = None
+    if val_images:
+        keep, held = _hold_out(len(tr), val_images)
+        tr, val = torch.utils.data.Subset(tr, keep), torch.utils.data.Subset(tr, held)
     if train_subset:
         keep = torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed))[:train_subset].tolist()
         tr = torch.utils.data.Subset(tr, keep)
     if eval_subset:
         te = torch.utils.data.Subset(te, range(min(eval_subset, len(te))))
-    return TrainData(tr, te, _num_classes(tr), source=f"torchvision {name} at {root}", **kw)
+    return TrainData(tr, te, _num_classes(tr), source=f"torchvision {name} at {root}", val=val, **kw)

@@ -61,7 +61,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 = no EMA (paper: 0.9999)
     dropout: float = -1.0  # -1 = the model's own
     drop_path_rate: float = -1.0
-    randaug_magnitude: float = 0.0  # official 0-10 scale (ev2lib.data.randaug_bins)
+    randaug_magnitude: float = 0.0  # official 0-10 scale (ev2lib.data.rand_augment; extrapolated above 10)
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     amp: str = "auto"  # "auto" (bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32) | "none" | "bf16" | "fp16"
