@@ -59,10 +59,18 @@ class EfficientNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Initialise as the official code: conv N(0, 2/fan_out), BN (1, 0), FC U(+-1/sqrt(classes)), biases 0."""
+        """Initialise as the official code: conv weights N(0, 2/fan_out), BN (1, 0), FC U(+-1/sqrt(classes)), biases 0.
+
+        ``fan_out = k*k*out_channels/groups``: for a regular conv (groups 1) the official ``k*k*out_filters``;
+        for a depthwise conv (groups = channels) ``k*k``, because the official initializer reads it from the
+        depthwise kernel's TensorFlow shape ``[k, k, C, 1]``. A 3x3 depthwise conv thus gets std sqrt(2/9), not the
+        sqrt(2/(9C)) of ``nn.init.kaiming_normal_(mode="fan_out")``, which torchvision's EfficientNet uses.
+        """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                kh, kw = m.kernel_size
+                fan_out = kh * kw * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):

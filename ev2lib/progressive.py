@@ -245,8 +245,10 @@ SCHEDULES = ("paper", "official", "progressive-resize", "random-resize")
 
 def make_schedule(kind: str, epochs: int, variant: str = "efficientnetv2_s", sizes=None) -> ProgressiveSchedule:
     """A progressive schedule by name over ``epochs`` (the training CLI's ``--progressive``), optionally mapped
-    onto the image-size range ``sizes`` (e.g. (16, 32) for CIFAR). Random resize draws a new size every eighth of
-    the run (the paper: every 8 of 350 epochs)."""
+    onto the image-size range ``sizes`` (e.g. (16, 32) for CIFAR). ``"random-resize"`` draws a new size every
+    ``max(1, epochs // 8)`` epochs, ``ceil(epochs / max(1, epochs // 8))`` sizes in all (8 when ``epochs`` is a
+    multiple of 8; 10 for 20 epochs; 9 for 350 epochs, every 43), not every 8 epochs as in the paper (44 sizes in
+    350 epochs): the paper's rate would give a short run only one or two sizes."""
     if kind == "paper":
         s = paper_schedule(variant, epochs)
     elif kind == "official":

@@ -76,6 +76,25 @@ def test_v2_settings_bn_stochastic_depth_dropout():
     assert m.dropout == 0.35
 
 
+def test_conv_init_follows_the_official_fan_out():
+    # Official initializer: N(0, 2/fan_out) with fan_out from the TF kernel shape: k*k*out for a regular conv,
+    # k*k for a depthwise kernel [k, k, C, 1] (reference §1.3), i.e. std sqrt(2/9) for 3x3 depthwise, not sqrt(2/(9C)).
+    torch.manual_seed(0)
+    m = ev2lib.create_model("efficientnetv2_s")
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d) and c.weight.numel() >= 5_000]
+    depthwise = [c for c in convs if c.groups > 1]
+    regular = [c for c in convs if c.groups == 1]
+    assert depthwise and all(c.groups == c.in_channels == c.out_channels and c.kernel_size == (3, 3)
+                             for c in depthwise)
+    assert any(c.kernel_size == (3, 3) for c in regular) and any(c.kernel_size == (1, 1) for c in regular)
+    for c in depthwise:
+        assert c.weight.std().item() == pytest.approx((2 / 9) ** 0.5, rel=0.05)
+    for c in regular:
+        k = c.kernel_size[0]
+        assert c.weight.std().item() == pytest.approx((2 / (k * k * c.out_channels)) ** 0.5, rel=0.05)
+    assert abs(depthwise[-1].weight.mean().item()) < 0.05
+
+
 def test_v1_bn_settings_follow_torchvision():
     for name, eps, mom in [("efficientnet_b0", 1e-5, 0.1), ("efficientnet_b7", 1e-3, 0.01)]:
         bn = next(x for x in ev2lib.create_model(name).modules() if isinstance(x, nn.BatchNorm2d))
