@@ -34,11 +34,13 @@ recorded train_cifar10_cpu || "$PY" -m ev2lib.train --profile cpu-reference --da
 recorded nas_search_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference-$COMMIT.jsonl --save nas_search_cifar10
 # V1 B0-B7 and V2 B0-B3/S/M/L: parameters and training throughput at one small image size (~3 min).
 recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
-# --- progressive learning ablations (issue 11): book/ablations.ipynb ---
+# --- progressive learning and V1 vs V2 ablations (issue 11): book/ablations.ipynb ---
 # Two one-thread processes side by side: Tables 12 + 13 (progressive vs a baseline tuned over three regularization
-# levels on validation; adaptive vs constant regularization; 3 seeds) and Table 5 (3 sizes x 3 magnitudes, 2 seeds).
+# levels on validation; adaptive vs constant regularization; 3 seeds; ~90 min), and Table 5 (3 sizes x 3 magnitudes,
+# 2 seeds; ~60 min) then Table 7 (V1-shaped vs V2-shaped at matched parameters, fixed size and V2 progressive,
+# 3 cells x 3 seeds: ~60 min, the V1-shaped runs ~12 min each, about 2.4x a V2-shaped one on one thread): ~2 h.
 # Resumable: every finished (cell, seed) run is kept in runs/ablations/<commit>-<profile digest>/, so rerunning this
 # section at the same commit trains only what is missing. Each result file records its wall time.
 "$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_a=$!
-"$PY" -m ev2lib.ablations --table 5 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_b=$!
+"$PY" -m ev2lib.ablations --table 5 7 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_b=$!
 wait "$ablations_a"; wait "$ablations_b"

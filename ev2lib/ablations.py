@@ -1,5 +1,5 @@
-"""Small-scale ablations of progressive learning (paper §4.1, §6.2, §6.3; Tables 5, 12 and 13), run with
-:func:`ev2lib.train.train` on CIFAR-10.
+"""Small-scale ablations of progressive learning and of the V2 design (paper §4.1, §5.2, §6.2, §6.3; Tables 5, 7,
+12 and 13, Figure 1), run with :func:`ev2lib.train.train` on CIFAR-10.
 
 * **Table 5** (§4.1) -- image size x RandAugment magnitude: does the best magnitude grow with the image size?
 * **Table 12** (§6.2) -- progressive learning with adaptive regularization (Algorithm 1) against training at the
@@ -7,6 +7,10 @@
   training time, and time to reach the tuned baseline's final accuracy (the paper's "1.4-2.2x faster").
 * **Table 13** (§6.3) -- adaptive vs constant regularization, for progressive resize (Howard 2018) and random
   resize (Hoffer et al. 2019: a random size every few epochs).
+* **Table 7 / Figure 1** (§5.2) -- V1 vs V2 in accuracy against training time: a V1-shaped network
+  (``efficientnet_cifar_v1``: MBConv everywhere, uniform scaling) and the V2-shaped profile model (Fused-MBConv early)
+  with matched parameters, both at the large size with one fixed regularization level (``table7_level``), and the
+  V2-shaped one with progressive learning (Algorithm 1), as the paper's V2 is trained. Same recipe, same seeds.
 
 **Honest numbers.** Every run holds ``val_images`` training images out; every choice (the baseline's level, Table
 5's best magnitude) is made on them, and the test split is scored once, at the end of each run. Comparisons are
@@ -15,7 +19,7 @@ difference with a 95 % Student-t interval.
 
 **Resumable.** Each (cell, seed) run is saved as JSON under ``cache/<commit>/`` when it finishes; rerunning the
 same command at the same commit skips it, so a long reference run can be stopped and continued.
-``python -m ev2lib.ablations --table 12 13 --profile cpu-reference --save`` writes
+``python -m ev2lib.ablations --table 12 13 7 --profile cpu-reference --save`` writes
 ``<results>/ablations_table{N}_{cpu|gpu}.json``.
 """
 from __future__ import annotations
@@ -38,7 +42,7 @@ from .errors import ConfigError, cli_main
 from .files import atomic_write
 from .progressive import ProgressiveSchedule, RandomResizeSchedule, fixed_schedule, progressive_resize
 
-TABLES = (5, 12, 13)
+TABLES = (5, 12, 13, 7)  # the chapter's order
 # 97.5 % quantiles of Student's t by degrees of freedom (a mathematical constant, for 95 % intervals).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -66,6 +70,8 @@ class AblationProfile:
     seeds: tuple = (0, 1, 2)
     table5_seeds: tuple = (0, 1)
     one_cell: bool = False  # smoke: only two cells of each table
+    v1_model: str = "efficientnet_cifar_v1"  # Table 7's V1-shaped network: the parameters of ``model``, MBConv only
+    table7_level: str = "medium"  # Table 7's fixed regularization level (of ``levels``) for the fixed-size cells
 
     def replace(self, **kw) -> "AblationProfile":
         return dataclasses.replace(self, **kw)
@@ -106,7 +112,8 @@ def _reg(level: tuple) -> dict:
 
 
 def cells(table: int, p: AblationProfile) -> list[tuple[str, dict, ProgressiveSchedule]]:
-    """The cells of a table: ``(name, coordinates, schedule)``. Equal names mean equal runs (shared by tables)."""
+    """The cells of a table: ``(name, coordinates, schedule)``. Equal names mean equal runs (shared by tables); a
+    ``"model"`` coordinate trains that model instead of ``p.model``."""
     lo, mid, hi = p.sizes
     E, M, weak, strong = p.epochs, p.num_phases, _reg(p.levels["weak"]), _reg(p.levels["strong"])
     ranges = {k: (weak[k], strong[k]) for k in weak}
@@ -127,6 +134,15 @@ def cells(table: int, p: AblationProfile) -> list[tuple[str, dict, ProgressiveSc
                 RandomResizeSchedule(E, (lo, hi), adaptive=True, **random)),
                ("random resize", {"resize": "random", "adaptive": False},
                 RandomResizeSchedule(E, (lo, hi), adaptive=False, **random))]
+    elif table == 7:  # V1 first, then V2 progressive: the smoke profile's two cells are Figure 1's comparison.
+        # Names of its own (not Table 12's runs): a seed's V1 and V2 runs train one after the other, same machine load.
+        lv = p.table7_level
+        fixed = fixed_schedule(E, hi, **_reg(p.levels[lv]))
+        out = [(f"V1-shaped, fixed {hi} px, {lv}", {"model": p.v1_model, "shape": "V1", "progressive": False,
+                                                    "level": lv}, fixed),
+               ("V2-shaped, progressive + adaptive", {"model": p.model, "shape": "V2", "progressive": True}, adaptive),
+               (f"V2-shaped, fixed {hi} px, {lv}", {"model": p.model, "shape": "V2", "progressive": False,
+                                                    "level": lv}, fixed)]
     else:
         raise ConfigError(f"ablation table must be one of {TABLES}, got {table!r}")
     return out[:2] if p.one_cell else out
@@ -134,15 +150,17 @@ def cells(table: int, p: AblationProfile) -> list[tuple[str, dict, ProgressiveSc
 
 class _TrainAccuracy:
     """Callback: after the last epoch, accuracy on up to ``n`` training images without augmentation, at the
-    evaluation size: with the test accuracy it shows whether a run overfits (or underfits)."""
+    evaluation size: with the test accuracy it shows whether a run overfits (or underfits). Also counts the
+    trained model's parameters."""
 
     def __init__(self, epochs: int, n: int = 2500):
-        self.epochs, self.n, self.acc = epochs, n, None
+        self.epochs, self.n, self.acc, self.params = epochs, n, None, None
 
     def on_epoch_end(self, run, metrics):
         from .data import eval_resize
         from .train import evaluate
 
+        self.params = sum(t.numel() for t in run.model.parameters())
         if metrics["epoch"] == self.epochs and run.data.in_memory:
             xs, ys = (t[: self.n] for t in run.data.train)
             batches = ((eval_resize(xs[i:i + 256], run.data.eval_size, crop=False), ys[i:i + 256])
@@ -150,15 +168,17 @@ class _TrainAccuracy:
             self.acc = evaluate(run.model, batches, run.device, run.config["amp"])["acc"]
 
 
-def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, eval_size: int, progress: bool = False) -> dict:
-    """Train one cell for one seed, scoring validation every epoch (at ``eval_size``), test and (un-augmented)
-    training accuracy at the end."""
+def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, eval_size: int, progress: bool = False,
+             model: str | None = None) -> dict:
+    """Train one cell for one seed (``model``, default ``p.model``), scoring validation every epoch (at
+    ``eval_size``), test and (un-augmented) training accuracy at the end."""
     from .train import make_config, train
 
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: train() would resume an old checkpoint
-    cfg = make_config("smoke", model=p.model, data=p.data, train_subset=p.train_subset, val_images=p.val_images,
-                      eval_subset=p.eval_subset, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+    cfg = make_config("smoke", model=model or p.model, data=p.data, train_subset=p.train_subset,
+                      val_images=p.val_images, eval_subset=p.eval_subset, epochs=p.epochs, batch_size=p.batch_size,
+                      lr=p.lr,
                       warmup_epochs=min(1.0, p.epochs / 4), image_size=p.sizes[-1], eval_size=eval_size, crop="pad",
                       amp=p.amp, seed=seed, out=str(out), progress=progress, log_every=50)
     t0, train_acc = time.perf_counter(), _TrainAccuracy(p.epochs)
@@ -167,7 +187,7 @@ def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, eval_size
     history = [{"epoch": h["epoch"], "val_acc": h["val_acc"], "train_seconds": h["train_seconds"],
                 **({"image_size": h["phase"]["image_size"]} if "phase" in h else {})} for h in summary["history"]]
     return {"seed": seed, "val_acc": last["val_acc"], "test_acc": last["test_acc"], "test_loss": last["test_loss"],
-            "train_acc": train_acc.acc,
+            "train_acc": train_acc.acc, "model": cfg.model, "params": train_acc.params,
             "train_seconds": last["train_seconds"], "wall_seconds": time.perf_counter() - t0,
             "amp": summary["config"]["amp"], "history": history}
 
@@ -210,8 +230,25 @@ def _time_to_accuracy(prog: dict, fixed: dict) -> dict:
     return {**interval(ratios), "seeds_never_reached": missed}
 
 
+def _summarize_v1_v2(records: list[dict]) -> dict:
+    """Table 7 / Figure 1: V2-shaped (fixed size; progressive) against V1-shaped, paired by seed."""
+    find = {(r["coords"]["shape"], r["coords"]["progressive"]): r for r in records}
+    v1, v2, prog = find.get(("V1", False)), find.get(("V2", False)), find.get(("V2", True))
+    if v1 is None:
+        return {}
+    out = {"params": {r["coords"]["model"]: r["runs"][0].get("params") for r in records if r["runs"]}}
+    for key, cell in (("v2", v2), ("v2_progressive", prog)):
+        if cell is not None:
+            out[f"test_acc_diff_{key}_minus_v1"] = _paired(cell, v1, "test_acc", lambda x, y: x - y)
+            out[f"train_time_ratio_{key}_over_v1"] = _paired(cell, v1, "train_seconds", lambda x, y: x / y)
+            out[f"speedup_{key}_to_v1_accuracy"] = _time_to_accuracy(cell, v1)
+    return out
+
+
 def summarize(table: int, records: list[dict]) -> dict:
     """The comparisons the paper draws from each table; choices on validation accuracy, reports on test."""
+    if table == 7:
+        return _summarize_v1_v2(records)
     c = {r["name"]: r for r in records}
     if table == 5:
         best = {}
@@ -276,9 +313,11 @@ def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str |
     with tempfile.TemporaryDirectory(prefix="ev2_ablations_") as tmp:
         for seed in seeds:  # seed-major: a change in machine load hits every cell alike
             for name, coords, schedule in todo:
-                size = coords.get("image_size", p.sizes[-1])
-                slug = "".join(ch if ch.isalnum() else "_" for ch in f"{name}_at{size}_seed{seed}")
-                runs[(name, seed)] = _cached_run(slug, folder, lambda: run_cell(schedule, p, seed, Path(tmp) / slug, size))
+                size, model = coords.get("image_size", p.sizes[-1]), coords.get("model")
+                key = f"{name}_{model}" if model and model != p.model else name  # a distinct run per model
+                slug = "".join(ch if ch.isalnum() else "_" for ch in f"{key}_at{size}_seed{seed}")
+                runs[(name, seed)] = _cached_run(slug, folder, lambda: run_cell(schedule, p, seed, Path(tmp) / slug,
+                                                                                size, model=model))
                 bar.update()
     bar.close()
     records = [_cell_record(name, coords, sched, [runs[(name, s)] for s in seeds]) for name, coords, sched in todo]
@@ -313,7 +352,8 @@ def to_frame(record: dict):
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m ev2lib.ablations", description=__doc__.split("\n")[0])
-    ap.add_argument("--table", type=int, nargs="+", required=True, help="5, 12 and/or 13 (runs are shared between tables)")
+    ap.add_argument("--table", type=int, nargs="+", required=True,
+                    help="5, 12, 13 and/or 7 (runs are shared between tables)")
     ap.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILES)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
     ap.add_argument("--data", default=None, help="override the dataset (e.g. synthetic:1024)")

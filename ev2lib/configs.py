@@ -239,9 +239,30 @@ def _cifar_half(name: str) -> ModelConfig:
         source="ev2lib preset efficientnetv2_cifar at width 0.5 (not from the paper)")
 
 
+def _cifar_v1(name: str) -> ModelConfig:
+    """A V1-shaped counterpart of ``efficientnetv2_cifar_half`` with matched parameters (not from the paper)."""
+    rows = _table([  # EfficientNet-B0's table (MBConv + SE everywhere, its kernels and expansions) for 32x32 images:
+        ("mbconv", 3, 1, 1, 32, 16, 1, 0.25),
+        ("mbconv", 3, 2, 6, 16, 24, 2, 0.25),
+        ("mbconv", 5, 2, 6, 24, 40, 2, 0.25),
+        ("mbconv", 3, 2, 6, 40, 80, 3, 0.25),
+        ("mbconv", 5, 1, 6, 80, 112, 3, 0.25),
+        ("mbconv", 5, 1, 6, 112, 192, 4, 0.25),  # B0: stride 2; 1 here, so the total stride is 8 as in the V2 preset
+        ("mbconv", 3, 1, 6, 192, 320, 1, 0.25),
+    ])
+    base = ModelConfig("efficientnet_cifar_v1_base", rows, 1280, stem_stride=1, dropout=0.1, drop_path_rate=0.05,
+                       train_size=32, eval_size=32, family="v1")
+    # Uniform (V1) scaling: one width and one depth for every stage, V1's rounding; the V2 preset's 256-wide head.
+    return scale(base, width=0.25, depth=0.75, name=name).replace(
+        head_channels=256, source="ev2lib preset: EfficientNet-B0's table for 32x32, width 0.25, depth 0.75 "
+                                  "(not from the paper)",
+        notes="Not a paper model: a V1-shaped network (MBConv+SE in every stage, uniform scaling) with the parameters "
+              "of efficientnetv2_cifar_half (279,760 vs 279,546 for 10 classes), for the V1 vs V2 ablation.")
+
+
 _FACTORIES = {**{n: _v2 for n in _V2}, **{n: _v2_b for n in V2_B_COEFFICIENTS}, **{n: _v1 for n in V1_COEFFICIENTS},
               "efficientnetv2_s_arxiv_v1": _v2_s_arxiv_v1, "efficientnetv2_cifar": _cifar,
-              "efficientnetv2_cifar_half": _cifar_half}
+              "efficientnetv2_cifar_half": _cifar_half, "efficientnet_cifar_v1": _cifar_v1}
 
 
 def list_configs() -> list[str]:

@@ -1,4 +1,4 @@
-"""The ablation grid runner (paper Tables 5, 12, 13): cells, choices on validation, paired intervals, time to
+"""The ablation grid runner (paper Tables 5, 7, 12, 13): cells, choices on validation, paired intervals, time to
 accuracy, a tiny real run, resuming from finished runs, saved records."""
 import subprocess
 import sys
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ev2lib.train
 from ev2lib import ablations, results
 from ev2lib.ablations import PROFILES, cells, get_profile, interval, main, result_name, run_table, save_table, summarize
 from ev2lib.errors import ConfigError
@@ -49,7 +50,7 @@ def test_cells_follow_the_paper_tables():
     assert [s.image_size for s in rr] == [s.image_size for s in rc] and len(rr) == -(-p.epochs // p.random_every)
     assert t12[0][0] == cells(13, p)[0][0]  # the shared run
     with pytest.raises(ConfigError, match="table must be one of"):
-        cells(7, p)
+        cells(8, p)
 
 
 def _run(seed, val, test, secs, curve=None):
@@ -132,7 +133,7 @@ def test_table5_scores_each_cell_at_its_own_size(tmp_path, monkeypatch):
 
 
 def test_cli_errors_are_one_line():
-    r = subprocess.run([sys.executable, "-m", "ev2lib.ablations", "--table", "7"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "ev2lib.ablations", "--table", "8"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "--table must be among" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     for args, msg in ((["--table", "5", "--save"], "smoke run is never saved"),
@@ -141,3 +142,75 @@ def test_cli_errors_are_one_line():
             main(args)
     with pytest.raises(ConfigError, match="unknown ablation setting"):
         get_profile("smoke", bogus=1)
+
+
+def test_v1_and_v2_cifar_presets_match_in_parameters_not_in_blocks():
+    from ev2lib import get_config
+    from ev2lib.summary import count_params
+
+    p = PROFILES["cpu-reference"]
+    v1, v2 = get_config(p.v1_model), get_config(p.model)
+    n1, n2 = count_params(v1, num_classes=10), count_params(v2, num_classes=10)
+    assert abs(n1 / n2 - 1) < 0.05, (n1, n2)
+    assert {s.block for s in v1.stages} == {"mbconv"} and all(s.se_ratio == 0.25 for s in v1.stages)
+    assert v2.stages[0].block == "fused"  # the V2 shape: Fused-MBConv early
+    assert [(s.expansion, s.kernel) for s in v1.stages] == [(1, 3), (6, 3), (6, 5), (6, 3), (6, 5), (6, 5), (6, 3)]
+    assert (v1.stem_stride, v1.total_stride, v1.head_channels) == (v2.stem_stride, v2.total_stride, v2.head_channels)
+    assert (v1.dropout, v1.drop_path_rate, v1.bn_eps, v1.bn_momentum) == (v2.dropout, v2.drop_path_rate, v2.bn_eps,
+                                                                         v2.bn_momentum)  # only the shape differs
+    assert "not from the paper" in v1.source
+
+
+def test_table7_cells_train_their_own_models(tmp_path, monkeypatch):
+    p = PROFILES["cpu-reference"]
+    t7 = cells(7, p)
+    assert [(c["shape"], c["progressive"], c["model"]) for _, c, _ in t7] == [
+        ("V1", False, p.v1_model), ("V2", True, p.model), ("V2", False, p.model)]
+    (v1_phase,), (v2_phase,) = t7[0][2].phases(), t7[2][2].phases()
+    assert v1_phase == v2_phase and v1_phase.image_size == p.sizes[-1]  # the same recipe
+    assert (v1_phase.randaug_magnitude, v1_phase.mixup_alpha, v1_phase.dropout) == p.levels[p.table7_level]
+    assert [s.as_dict() for s in t7[1][2].phases()] == [s.as_dict() for s in cells(12, p)[0][2].phases()]
+    # run_table hands each cell's model to run_cell, and run_cell hands it to train().
+    seen, configs = [], []
+    monkeypatch.setattr(ablations, "run_cell", lambda *a, **k: seen.append(k["model"]) or _run(a[2], 0.5, 0.5, 1.0))
+    rec = run_table(7, "smoke", cache=tmp_path, progress=False, **TINY)
+    assert seen == [p.v1_model, p.model] * 2  # smoke: V1 and V2 progressive, 2 seeds (seed-major)
+    assert len({f.name for f in tmp_path.rglob("*.json")}) == 4  # a distinct cached run per model and seed
+    assert [c["coords"]["model"] for c in rec["cells"]] == [p.v1_model, p.model]
+    monkeypatch.undo()  # the real run_cell, with train() replaced: the config it trains names the cell's model
+
+    def fake_train(cfg, progressive=None, callbacks=()):
+        configs.append(cfg)
+        return {"config": {"amp": "fp32"}, "history": [{"epoch": 1, "val_acc": 0.1, "test_acc": 0.1, "test_loss": 2.0,
+                                                         "train_seconds": 1.0}]}
+
+    monkeypatch.setattr(ev2lib.train, "train", fake_train)
+    prof = get_profile("smoke")
+    assert ablations.run_cell(t7[0][2], prof, 0, tmp_path / "v1", 16, model=prof.v1_model)["model"] == prof.v1_model
+    assert ablations.run_cell(t7[0][2], prof, 0, tmp_path / "v2", 16)["model"] == prof.model
+    assert [c.model for c in configs] == [prof.v1_model, prof.model]
+    monkeypatch.undo()  # a real tiny run records the model it trained and its parameters
+    real = run_table(7, "smoke", progress=False, **{**TINY, "seeds": (0,)})
+    assert [(r["model"], r["params"]) for c in real["cells"] for r in c["runs"]] == [
+        (p.v1_model, real["summary"]["params"][p.v1_model]), (p.model, real["summary"]["params"][p.model])]
+    assert real["summary"]["params"][p.model] == 279546  # efficientnetv2_cifar_half, 10 classes
+
+
+def test_table7_summary_pairs_v2_with_v1():
+    v1 = _cell("V1-shaped, fixed 32 px, medium", [dict(_run(s, 0.60, t, 200, [(0.5, 100), (0.60, 200)]), params=280)
+                                                  for s, t in ((0, 0.60), (1, 0.62), (2, 0.64))],
+               model="v1", shape="V1", progressive=False)
+    prog = _cell("V2-shaped, progressive + adaptive",
+                 [dict(_run(s, 0.66, 0.66, 80, [(0.55, 40), (0.62, 80)]), params=279) for s in (0, 1, 2)],
+                 model="v2", shape="V2", progressive=True)
+    fixed = _cell("V2-shaped, fixed 32 px, medium", [dict(_run(s, 0.58, 0.65, 100), params=279) for s in (0, 1)],
+                  model="v2", shape="V2", progressive=False)
+    s7 = summarize(7, [v1, prog, fixed])
+    assert s7["params"] == {"v1": 280, "v2": 279}
+    assert s7["test_acc_diff_v2_progressive_minus_v1"]["values"] == pytest.approx([0.06, 0.04, 0.02])
+    assert s7["train_time_ratio_v2_progressive_over_v1"]["mean"] == pytest.approx(0.4)
+    # V1 reaches its final val accuracy 0.60 after 200 s; V2 progressive after 80 s: 2.5x faster to accuracy.
+    assert s7["speedup_v2_progressive_to_v1_accuracy"]["values"] == pytest.approx([2.5] * 3)
+    assert s7["test_acc_diff_v2_minus_v1"]["values"] == pytest.approx([0.05, 0.03])  # only seeds 0 and 1 paired
+    assert s7["speedup_v2_to_v1_accuracy"]["seeds_never_reached"] == 2 and s7["speedup_v2_to_v1_accuracy"]["n"] == 0
+    assert summarize(7, [prog]) == {} and "test_acc_diff_v2_minus_v1" not in summarize(7, [v1, prog])
