@@ -30,8 +30,15 @@ recorded fused_mbconv_table3_cpu || "$PY" -m ev2lib.bench --model efficientnet_b
 # The CPU preset on all of CIFAR-10 (shared offline archive via EV2_DATA_DIR), 4 epochs, amp auto (bf16 where native).
 recorded train_cifar10_cpu || "$PY" -m ev2lib.train --profile cpu-reference --data cifar10 --progress false --out runs/cpu-reference-train-$COMMIT --save-result train_cifar10_cpu
 # --- training-aware NAS and scaling (issue 7): book/nas.ipynb and book/scaling.ipynb ---
-# 50-trial random search on the shared CIFAR-10 (1,024 images, 16 px, 3 epochs per trial, one thread; ~10 min on 2 idle cores).
+# NAS proxy (nas.PROXIES["cpu-reference"]): 2,000 CIFAR-10 images, 4 epochs, trained and scored at 16 px on 2,000
+# held-out training images (validation; never the test split), one thread, ~20 s a trial. Noise (the backbone and one
+# random architecture, 5 seeds each, ~3 min) runs beside the 50-trial random search (~17 min); then 8 of its
+# architectures from across the reward range train again with nas.LONG_PROXIES (8,000 images, 6 epochs; ~15 min)
+# for Kendall's tau. ~35 min of one thread in all, measured on a loaded machine; resumable at this commit.
+recorded nas_proxy_noise_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --noise --seeds 5 --noise-random 1 --cache runs/nas-noise-cpu-reference-$COMMIT.jsonl --save nas_proxy_noise_cifar10 & nas_noise=$!
 recorded nas_search_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference-$COMMIT.jsonl --save nas_search_cifar10
+wait "$nas_noise"
+recorded nas_proxy_validity_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --validity --architectures 8 --log runs/nas-cpu-reference-$COMMIT.jsonl --cache runs/nas-validity-cpu-reference-$COMMIT.jsonl --save nas_proxy_validity_cifar10
 # V1 B0-B7 and V2 B0-B3/S/M/L: parameters and training throughput at one small image size (~3 min).
 recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
 # --- progressive learning and V1 vs V2 ablations (issue 11): book/ablations.ipynb ---

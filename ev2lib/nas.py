@@ -2,6 +2,9 @@
 
     python -m ev2lib.nas --profile smoke --trials 8 --log runs/nas_smoke.jsonl
     python -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas_cpu.jsonl --save nas_search_cifar10
+    python -m ev2lib.nas --profile cpu-reference --noise --seeds 5 --cache runs/nas_noise.jsonl --save nas_proxy_noise_cifar10
+    python -m ev2lib.nas --profile cpu-reference --validity --log runs/nas_cpu.jsonl --cache runs/nas_validity.jsonl \
+        --save nas_proxy_validity_cifar10
 
 * **Search space** (§3.3): a stage-based factorised space as in MnasNet. For every stage of a backbone: the
   operator (MBConv or Fused-MBConv), the number of layers, the kernel (3x3 or 5x5) and the expansion ratio
@@ -12,8 +15,12 @@
   The paper does not say how S and P are normalised; here both are divided by the same quantities of a
   **reference model measured on the same machine** (by default the backbone itself), so S = P = 1 for the
   backbone and the reward of the backbone is its accuracy. Change it with ``Reward(ref_step_time=..., ref_params=...)``.
-* **Proxy evaluation** (training-aware): a few epochs of proxy training at a reduced image size, the measured
-  training step time on the machine at hand (``ev2lib.bench``) and the parameter count.
+* **Proxy evaluation** (training-aware): a few epochs of proxy training at a reduced image size, scored at that
+  same size on validation images held out of the training split (never the test split), the measured training
+  step time on the machine at hand (``ev2lib.bench``) and the parameter count.
+* **Is the proxy any good?** :func:`proxy_noise` (one architecture, several seeds: the score's noise) and
+  :func:`proxy_validity` (architectures from across a search's reward range trained again for longer,
+  :data:`LONG_PROXIES`; compare the rankings with :func:`kendall_tau`).
 * **Strategies**: random search (the paper: "simply random search" suffices for this smaller space) and
   regularized evolution (Real et al., 2019), both ``propose(history) -> ModelConfig``, deterministic given the
   seed and the history.
@@ -28,7 +35,7 @@
 
 The paper's backbone is EfficientNet at B4 size with ~10 epochs of ImageNet per candidate (1000 candidates): far
 beyond a CPU. The CPU presets search on ``efficientnetv2_cifar`` (a 4-stage, CIFAR-sized V2; optionally thinner via
-:func:`ev2lib.scaling.scale`) with a few hundred to a thousand CIFAR-10 images at 16 px.
+:func:`ev2lib.scaling.scale`) with a few hundred (smoke) to 2,000 (cpu-reference) CIFAR-10 images at 16 px.
 """
 from __future__ import annotations
 
@@ -236,16 +243,22 @@ def measure(config: ModelConfig, proxy: ProxyTask) -> tuple[float, int]:
 
 @dataclass(frozen=True)
 class ProxyTask:
-    """The reduced training every candidate gets (paper: "about 10 epochs with reduced image size")."""
+    """The reduced training every candidate gets (paper: "about 10 epochs with reduced image size").
+
+    A candidate trains on ``train_images`` at ``image_size`` and is scored, **at the same size**, on ``val_images``
+    training images held out of the training split (the same images for every candidate and seed,
+    ``ev2lib.data``): the search never looks at the test split. ``ev2lib.train`` still scores ``eval_images`` test
+    images once at the end of every run; the search does not use them.
+    """
 
     data: str = "cifar10"  # an ev2lib.data name; "cifar10" uses the shared offline archive where it exists
-    image_size: int = 16
+    image_size: int = 16  # training and scoring size
     epochs: int = 1
     train_images: int = 512
-    eval_images: int = 256
+    val_images: int = 500  # held out of the training split: the accuracy the search ranks by
+    eval_images: int = 100  # test images, scored once at the end of each run (not used by the search)
     batch_size: int = 64
     lr: float = 0.1
-    eval_size: int = 32  # CIFAR's native size: the test images are scored as they are, whatever the training size
     timing_batch: int = 32  # batch of the step-time measurement
     timing_repeats: int = 5
     threads: int = 1  # torch threads per trial: tiny proxy models gain little from more, and Ray gives each 1 CPU
@@ -253,30 +266,51 @@ class ProxyTask:
 
 
 PROXIES = {  # the search presets, by ev2lib's profile names; "colab" and "full" are for a GPU
-    "smoke": ProxyTask(train_images=384, eval_images=256, image_size=16, epochs=1, batch_size=64, timing_repeats=3),
-    "cpu-reference": ProxyTask(train_images=1024, eval_images=500, image_size=16, epochs=3, batch_size=64),
-    "colab": ProxyTask(train_images=20000, eval_images=5000, image_size=32, epochs=10, batch_size=128,
-                       timing_batch=128, timing_repeats=10),
-    "full": ProxyTask(train_images=50000, eval_images=10000, image_size=32, epochs=10, batch_size=128,
-                      timing_batch=128, timing_repeats=20),
+    "smoke": ProxyTask(train_images=384, val_images=256, eval_images=64, image_size=16, epochs=1, batch_size=64,
+                       timing_repeats=3),
+    # calibrated in book/nas.ipynb (seed noise vs spread across architectures): ~30 s per trial on one thread
+    "cpu-reference": ProxyTask(train_images=2000, val_images=2000, eval_images=200, image_size=16, epochs=4,
+                               batch_size=64),
+    "colab": ProxyTask(train_images=20000, val_images=5000, eval_images=1000, image_size=32, epochs=10,
+                       batch_size=128, timing_batch=128, timing_repeats=10),
+    "full": ProxyTask(train_images=45000, val_images=5000, eval_images=1000, image_size=32, epochs=10,
+                      batch_size=128, timing_batch=128, timing_repeats=20),
+}
+
+# The longer training that checks the proxy's ranking (:func:`proxy_validity`), by the same profile names: the same
+# size and validation images, more training images and epochs.
+LONG_PROXIES = {
+    "smoke": dataclasses.replace(PROXIES["smoke"], epochs=2),
+    "cpu-reference": dataclasses.replace(PROXIES["cpu-reference"], train_images=8000, epochs=6),
+    "colab": dataclasses.replace(PROXIES["colab"], train_images=45000, epochs=30),
+    "full": dataclasses.replace(PROXIES["full"], epochs=30),
 }
 
 
 def proxy_train(config: ModelConfig, proxy: ProxyTask) -> float:
     """Default ``train_fn``: train ``config`` on the proxy task with :func:`ev2lib.train.train`; return the final
-    top-1 accuracy on the proxy's held-out images (``proxy.eval_images`` of the test split, at ``proxy.eval_size``)."""
+    top-1 accuracy on the proxy's validation images (``proxy.val_images`` held out of the training split), scored
+    at the training size ``proxy.image_size``."""
     import tempfile
 
     from .train import make_config, train
 
     with tempfile.TemporaryDirectory(prefix="ev2nas_") as out:
         cfg = make_config("smoke", model=config, data=proxy.data, epochs=proxy.epochs, batch_size=proxy.batch_size,
-                          image_size=proxy.image_size, eval_size=proxy.eval_size, crop="pad", lr=proxy.lr,
+                          image_size=proxy.image_size, eval_size=proxy.image_size, crop="pad", lr=proxy.lr,
                           warmup_epochs=min(0.3, proxy.epochs / 4), train_subset=proxy.train_images,
-                          eval_subset=proxy.eval_images, seed=proxy.seed, out=out, progress=False,
-                          channels_last=False, log_every=10**9)
+                          val_images=proxy.val_images, eval_subset=proxy.eval_images, seed=proxy.seed, out=out,
+                          progress=False, channels_last=False, log_every=10**9,
+                          eval_every=proxy.epochs)  # scored once, after the last epoch
         history = train(cfg)["history"]
-    return float(history[-1]["test_acc"])
+    return float(history[-1]["val_acc"])
+
+
+def proxy_accuracy(config: ModelConfig, proxy: ProxyTask, train_fn=None) -> float:
+    """``train_fn(config, proxy)`` (default :func:`proxy_train`) on ``proxy.threads`` threads, seeded by ``proxy.seed``."""
+    with _torch_threads(proxy.threads):
+        torch.manual_seed(proxy.seed)
+        return float((train_fn or proxy_train)(config, proxy))
 
 
 def evaluate_candidate(config: ModelConfig, proxy: ProxyTask = PROXIES["smoke"], train_fn=None) -> dict:
@@ -287,11 +321,110 @@ def evaluate_candidate(config: ModelConfig, proxy: ProxyTask = PROXIES["smoke"],
     """
     validate(config)
     t0 = time.perf_counter()
-    with _torch_threads(proxy.threads):
-        torch.manual_seed(proxy.seed)
-        accuracy = float((train_fn or proxy_train)(config, proxy))
+    accuracy = proxy_accuracy(config, proxy, train_fn)
     step_time, params = measure(config, proxy)
     return {"accuracy": accuracy, "step_time": step_time, "params": params, "seconds": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Does the proxy measure anything? Its noise (seeds) and its validity (rank agreement with longer training)
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's rank correlation tau-b of two equal-length sequences, by the O(n^2) pair count.
+
+    Over all pairs i < j: C concordant (x and y order the pair the same way), D discordant, and the pairs tied in
+    x only (Tx), in y only (Ty); pairs tied in both count nowhere.
+    ``tau_b = (C - D) / sqrt((C + D + Tx) * (C + D + Ty))``: 1 for the same order, -1 for the reversed one, equal
+    to tau-a = (C - D) / (n (n - 1) / 2) when nothing is tied. NaN when either sequence is constant.
+    """
+    x, y = list(x), list(y)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"kendall_tau needs two sequences of the same length >= 2, got {len(x)} and {len(y)}")
+    c = d = tx = ty = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            sx, sy = (x[i] > x[j]) - (x[i] < x[j]), (y[i] > y[j]) - (y[i] < y[j])
+            if sx and sy:
+                c, d = c + (sx == sy), d + (sx != sy)
+            else:
+                tx, ty = tx + (not sx and sy != 0), ty + (not sy and sx != 0)
+    denom = math.sqrt((c + d + tx) * (c + d + ty))
+    return (c - d) / denom if denom else float("nan")
+
+
+def _cached(path, key: str, compute) -> dict:
+    """``compute()``'s record, or the one already appended to the JSONL ``path`` under ``key`` (so a stopped
+    noise or validity run continues where it stopped). A torn line is ignored: that run is computed again."""
+    if path is None:
+        return compute()
+    path = Path(path)
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and rec.get("key") == key:
+                return rec["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    append_jsonl(path, {"key": key, "result": result}, sync=True)
+    return result
+
+
+def proxy_noise(config: ModelConfig, proxy: ProxyTask, seeds, reward: Reward | None = None, train_fn=None,
+                cache=None) -> list[dict]:
+    """The same architecture evaluated under each seed (:func:`evaluate_candidate` with ``proxy.seed = seed``: the
+    initialisation, the training subset and the batch order change; the validation images do not). One record per
+    seed: ``{"seed", "accuracy", "step_time", "params", "seconds"}`` plus ``"reward"`` when ``reward`` is given.
+    Its spread is the proxy's noise: differences between architectures smaller than it are not measured."""
+    out = []
+    for seed in seeds:
+        key = json.dumps({"stages": [asdict(st) for st in config.stages], "proxy": asdict(proxy), "seed": seed})
+        res = _cached(cache, key, lambda: evaluate_candidate(config, dataclasses.replace(proxy, seed=seed), train_fn))
+        rec = {"seed": seed, **res}
+        if reward is not None:
+            rec["reward"] = reward(res["accuracy"], res["step_time"], res["params"])
+        out.append(rec)
+    return out
+
+
+def spread_sample(trials: list[dict], n: int = 8) -> list[dict]:
+    """``n`` trials from across the reward range: sorted by reward, evenly spaced (the worst and the best included)."""
+    ranked = sorted(trials, key=lambda t: t["reward"])
+    if n >= len(ranked):
+        return ranked
+    return [ranked[round(i * (len(ranked) - 1) / (n - 1))] for i in range(n)]
+
+
+def proxy_validity(trials_or_configs, proxy: ProxyTask, long_proxy: ProxyTask, reward: Reward | None = None,
+                   space: SearchSpace | None = None, train_fn=None, cache=None) -> list[dict]:
+    """Per architecture, the proxy's accuracy and reward and those of a longer training run (``long_proxy``).
+
+    Items are search trials (their logged proxy accuracy, step time and parameters are kept, and the config is
+    rebuilt from ``choices`` in ``space``) or :class:`ModelConfig` (evaluated with ``proxy`` here). The long run
+    trains the same architecture with ``long_proxy`` (its step time is not measured again: S and P are properties
+    of the architecture, so the long reward is ``reward(long accuracy, S, P)``). ``reward`` defaults to
+    ``Reward()`` (un-normalised: a constant factor, which changes no ranking). Compare the two rankings with
+    :func:`kendall_tau`.
+    """
+    reward = reward or Reward()
+    out = []
+    for i, item in enumerate(trials_or_configs):
+        if isinstance(item, ModelConfig):
+            config, res, trial = item, evaluate_candidate(item, proxy, train_fn), None
+        else:
+            config, res, trial = (space or search_space(width=0.5)).build(item["choices"]), item, item.get("trial")
+        key = json.dumps({"stages": [asdict(st) for st in config.stages], "proxy": asdict(long_proxy)})
+        t0 = time.perf_counter()
+        long = _cached(cache, key, lambda: {"accuracy": proxy_accuracy(config, long_proxy, train_fn),
+                                            "seconds": time.perf_counter() - t0})
+        long_acc = long["accuracy"]
+        out.append({"trial": trial if trial is not None else i, "stages": [asdict(c) for c in config.stages],
+                    "step_time": res["step_time"], "params": res["params"],
+                    "proxy_accuracy": res["accuracy"], "proxy_reward": reward(res["accuracy"], res["step_time"],
+                                                                              res["params"]),
+                    "long_accuracy": long_acc, "long_reward": reward(long_acc, res["step_time"], res["params"]),
+                    "long_seconds": long["seconds"]})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -472,32 +605,83 @@ def main(argv=None):
     p.add_argument("--width", type=float, default=0.5, help="channel multiplier of the backbone (ev2lib.scaling)")
     p.add_argument("--layers", default="1,2,3", help="allowed layer counts per stage")
     p.add_argument("--data", default=None, help="proxy dataset (default: the profile's, cifar10)")
-    p.add_argument("--log", required=True, help="JSONL search log; an existing one is resumed")
+    p.add_argument("--log", default=None, help="JSONL search log; an existing one is resumed (--validity reads it)")
     p.add_argument("--workers", type=int, default=1, help="> 1: run trials in parallel on Ray")
-    p.add_argument("--save", default=None, help="save the finished search as data/results/<name>.json")
+    p.add_argument("--noise", action="store_true", help="instead of searching: the backbone and --noise-random "
+                   "random architectures, each under --seeds seeds")
+    p.add_argument("--noise-random", type=int, default=1, help="--noise: random architectures besides the backbone")
+    p.add_argument("--seeds", type=int, default=5, help="--noise: number of seeds (0 .. seeds-1)")
+    p.add_argument("--validity", action="store_true", help="instead of searching: --architectures trials of the "
+                   "--log search, from across its reward range, trained again with the profile's LONG_PROXIES task")
+    p.add_argument("--architectures", type=int, default=8, help="--validity: how many")
+    p.add_argument("--cache", default=None, help="--noise/--validity: JSONL of finished runs (resumed)")
+    p.add_argument("--save", default=None, help="save the result as data/results/<name>.json")
     args = p.parse_args(argv)
-    if args.trials < 1 or args.workers < 1:
-        raise ConfigError("--trials and --workers must be >= 1")
+    if args.trials < 1 or args.workers < 1 or args.seeds < 2 or args.architectures < 2 or args.noise_random < 0:
+        raise ConfigError("--trials and --workers must be >= 1, --seeds and --architectures >= 2")
+    if args.save and args.profile == "smoke":
+        raise ConfigError("a smoke run is never saved as a result (ev2lib.results): use --profile cpu-reference, "
+                          "colab or full with --save")
+    if args.noise and args.validity:
+        raise ConfigError("--noise and --validity are separate runs: give one")
+    if not args.noise and not args.log:
+        raise ConfigError("--log is required (the search log to write, or for --validity to read)")
     try:
         layers = tuple(int(x) for x in args.layers.split(","))
     except ValueError:
         raise ConfigError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
-    proxy = PROXIES[args.profile]
+    proxy, long_proxy = PROXIES[args.profile], LONG_PROXIES[args.profile]
     if args.data:
-        proxy = dataclasses.replace(proxy, data=args.data)
+        proxy, long_proxy = (dataclasses.replace(x, data=args.data) for x in (proxy, long_proxy))
     space = search_space(args.backbone, width=args.width, layers=layers)
     t0 = time.perf_counter()
-    trials = run_search(space, args.trials, args.log, proxy, args.strategy, args.seed, workers=args.workers)
-    best = max(trials, key=lambda t: t["reward"])
-    print(f"{len(trials)} trials in {time.perf_counter() - t0:.0f} s; best reward {best['reward']:.4f} "
-          f"(trial {best['trial']}, accuracy {best['accuracy']:.3f}, {best['params']:,} params)")
+    if args.noise:
+        rng = random.Random(f"noise:{args.seed}")  # the backbone, then --noise-random architectures of the space
+        configs = [space.backbone] + [space.build(space.sample(rng), name=f"random_{i}") for i in range(args.noise_random)]
+        archs = []
+        for cfg in configs:
+            runs = proxy_noise(cfg, proxy, range(args.seeds), cache=args.cache)
+            acc = [r["accuracy"] for r in runs]
+            archs.append({"architecture": cfg.name, "choices": [asdict(c) for c in space.choices_of(cfg)],
+                          "runs": runs, "mean": sum(acc) / len(acc), "std": _std(acc)})
+            print(f"{cfg.name} under {len(runs)} seeds: proxy accuracy {archs[-1]['mean']:.3f} +- "
+                  f"{archs[-1]['std']:.3f} (std)")
+        pooled = math.sqrt(sum(a["std"] ** 2 for a in archs) / len(archs))  # equal seeds per architecture
+        data = {"proxy": asdict(proxy), "seeds": args.seeds, "architectures": archs, "pooled_std": pooled,
+                "wall_seconds": sum(r["seconds"] for a in archs for r in a["runs"])}
+        print(f"pooled seed-to-seed std {pooled:.4f}; {time.perf_counter() - t0:.0f} s")
+    elif args.validity:
+        header, trials = read_log(args.log)
+        if header is None:
+            raise ConfigError(f"{args.log}: no search log to check: run the search first")
+        chosen = spread_sample(trials, args.architectures)
+        rows = proxy_validity(chosen, proxy, long_proxy, Reward(**header["reward"]), space, cache=args.cache)
+        tau = kendall_tau([r["proxy_reward"] for r in rows], [r["long_reward"] for r in rows])
+        tau_acc = kendall_tau([r["proxy_accuracy"] for r in rows], [r["long_accuracy"] for r in rows])
+        data = {"proxy": header["proxy"], "long_proxy": asdict(long_proxy), "search_trials": len(trials),
+                "architectures": rows, "kendall_tau_reward": tau, "kendall_tau_accuracy": tau_acc,
+                "wall_seconds": sum(r["long_seconds"] for r in rows)}
+        print(f"{len(rows)} architectures: Kendall tau {tau:.2f} (reward), {tau_acc:.2f} (accuracy), "
+              f"{time.perf_counter() - t0:.0f} s")
+    else:
+        trials = run_search(space, args.trials, args.log, proxy, args.strategy, args.seed, workers=args.workers)
+        best = max(trials, key=lambda t: t["reward"])
+        print(f"{len(trials)} trials in {time.perf_counter() - t0:.0f} s; best reward {best['reward']:.4f} "
+              f"(trial {best['trial']}, accuracy {best['accuracy']:.3f}, {best['params']:,} params)")
+        data = {"header": read_log(args.log)[0], "trials": trials, "wall_seconds": sum(t["seconds"] for t in trials)}
     if args.save:
         from . import results
 
         command = "python -m ev2lib.nas " + " ".join(sys.argv[1:] if argv is None else argv)
-        path = results.save(args.save, {"header": read_log(args.log)[0], "trials": trials}, profile=args.profile,
-                            command=command, config={k: v for k, v in vars(args).items() if k not in ("log", "save")})
+        path = results.save(args.save, data, profile=args.profile, command=command,
+                            config={k: v for k, v in vars(args).items() if k not in ("log", "save", "cache")})
         print(f"saved {path}")
+
+
+def _std(xs) -> float:
+    """Sample standard deviation (n - 1)."""
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training-aware NAS (paper §3.3): search space, reward and its normalisation, proxy evaluation, strategies, the
 resumable search log and the CLI."""
 import json
+import math
 import os
 import random
 import signal
@@ -21,13 +22,14 @@ import ev2lib.train
 from ev2lib.configs import get_config
 from ev2lib.data import shared_cifar10_path
 from ev2lib.errors import ConfigError, SearchLogError
-from ev2lib.nas import (PROXIES, Reward, SearchSpace, StageChoice, evaluate_candidate, measure,
-                        pareto_front, proxy_train, read_log, run_search, search_space, strategy)
+from ev2lib.nas import (LONG_PROXIES, PROXIES, Reward, SearchSpace, StageChoice, evaluate_candidate, kendall_tau,
+                        measure, pareto_front, proxy_noise, proxy_train, proxy_validity, read_log, run_search,
+                        search_space, spread_sample, strategy)
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = search_space(width=0.5)
 # A proxy task that trains nothing heavy: tiny timing and (where used) generated data.
-TINY = replace(PROXIES["smoke"], data="synthetic:128", train_images=128, eval_images=64, batch_size=32,
+TINY = replace(PROXIES["smoke"], data="synthetic:128", train_images=96, val_images=32, eval_images=64, batch_size=32,
                timing_batch=4, timing_repeats=1)
 FIELDS = ("block", "layers", "kernel", "expansion")
 
@@ -172,21 +174,29 @@ def test_evolution_mutates_the_best_of_its_sample():
 
 # ------------------------------------------------------------------------------------------------- proxy evaluation
 
-def test_proxy_training_is_the_proxy_task(monkeypatch):
+def test_proxy_is_scored_on_validation_at_its_training_size(monkeypatch):
     seen = []
 
     def train(cfg):
         seen.append(cfg)
-        return {"history": [{"test_acc": 0.25}, {"test_acc": 0.5}]}
+        return {"history": [{"val_acc": 0.25}, {"val_acc": 0.5, "test_acc": 0.75}]}
 
     monkeypatch.setattr(ev2lib.train, "train", train)
     proxy = replace(TINY, epochs=2, lr=0.05, seed=7)
     cfg = SPACE.build(SPACE.sample(random.Random(0)))
-    assert proxy_train(cfg, proxy) == 0.5  # the last epoch's test accuracy
+    assert proxy_train(cfg, proxy) == 0.5  # the last evaluation's validation accuracy, never the test split's
     got = seen[0]
     assert got.model == cfg and got.data == proxy.data and got.seed == 7 and got.lr == 0.05
-    assert (got.epochs, got.batch_size, got.image_size, got.eval_size) == (2, proxy.batch_size, proxy.image_size, 32)
+    assert (got.epochs, got.batch_size, got.image_size) == (2, proxy.batch_size, proxy.image_size)
+    assert got.eval_size == got.image_size == 16  # scored at the size it trains at
+    assert got.val_images == proxy.val_images > 0
     assert (got.train_subset, got.eval_subset) == (proxy.train_images, proxy.eval_images)
+    for name, p in {**PROXIES, **{f"long {k}": v for k, v in LONG_PROXIES.items()}}.items():
+        assert p.val_images > 0 and not hasattr(p, "eval_size"), name
+    for name in PROXIES:  # the longer run trains more, on the same size and validation images
+        short, long = PROXIES[name], LONG_PROXIES[name]
+        assert (long.image_size, long.val_images) == (short.image_size, short.val_images)
+        assert long.train_images * long.epochs > short.train_images * short.epochs
 
 
 def test_candidate_training_is_seeded_and_threaded_by_the_proxy():
@@ -223,6 +233,74 @@ def test_a_config_the_builder_rejects_is_a_clear_error():
     bad = replace(cfg, stages=(replace(cfg.stages[0], repeats=0),) + cfg.stages[1:])  # bypasses .replace's check
     with pytest.raises(ConfigError, match="repeats 0 must be >= 1"):
         evaluate_candidate(bad, TINY, train_fn=fake_train)
+
+
+# ------------------------------------------------------------------------------------------------- noise, validity
+
+def test_kendall_tau_against_hand_computed_values():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]) == -1.0  # perfectly reversed
+    # one swapped pair of 4 -> 6 pairs: C = 5, D = 1 -> (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # x = [1, 2, 3], y = [1, 3, 2]: pairs (12) C, (13) C, (23) D -> 1/3
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    # ties, tau-b: x = [1, 1, 2, 3], y = [1, 2, 2, 3]. Pairs: (12) tied in x only, (13) C, (14) C,
+    # (23) tied in y only, (24) C, (34) C -> C = 4, D = 0, Tx = 1, Ty = 1: 4 / sqrt(5 * 5) = 0.8
+    assert kendall_tau([1, 1, 2, 3], [1, 2, 2, 3]) == pytest.approx(0.8)
+    # a pair tied in both counts nowhere: x = [1, 1, 2], y = [5, 5, 0]: (12) both, (13) D, (23) D -> -2/2 = -1
+    assert kendall_tau([1, 1, 2], [5, 5, 0]) == pytest.approx(-1.0)
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))  # a constant ranking orders nothing
+    with pytest.raises(ValueError):
+        kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_spread_sample_covers_the_reward_range():
+    trials = [{"trial": i, "reward": r} for i, r in enumerate([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])]
+    got = spread_sample(trials, 4)
+    assert [t["reward"] for t in got] == [0.0, 0.3, 0.6, 0.9]  # sorted indices 0, 3, 6, 9
+    assert len(spread_sample(trials, 20)) == 10
+
+
+def test_proxy_noise_and_validity_on_synthetic_data(tmp_path):
+    proxy = replace(TINY, data="synthetic:256", train_images=96, val_images=64, eval_images=32, epochs=1)
+    long = replace(proxy, train_images=128, epochs=2)
+    cfg = SPACE.build(SPACE.sample(random.Random(0)))
+    runs = proxy_noise(cfg, proxy, [0, 1], reward=Reward(), cache=tmp_path / "noise.jsonl")
+    assert [r["seed"] for r in runs] == [0, 1] and all(0 <= r["accuracy"] <= 1 for r in runs)
+    assert all(r["reward"] == pytest.approx(Reward()(r["accuracy"], r["step_time"], r["params"])) for r in runs)
+    # the cache: a rerun trains nothing and returns the same accuracies
+    calls = []
+    again = proxy_noise(cfg, proxy, [0, 1], cache=tmp_path / "noise.jsonl", train_fn=lambda c, p: calls.append(1))
+    assert not calls and [r["accuracy"] for r in again] == [r["accuracy"] for r in runs]
+    # validity from logged trials: the logged proxy numbers are kept, the long run trains the same architecture
+    trials = run_search(SPACE, 3, tmp_path / "s.jsonl", proxy, seed=0, train_fn=fake_train, progress=False)
+    reward = Reward(**read_log(tmp_path / "s.jsonl")[0]["reward"])
+    seen = []
+
+    def long_train(config, p):
+        seen.append((config.stages, p))
+        return 0.5 + 0.1 * config.num_blocks / 12
+
+    rows = proxy_validity(trials, proxy, long, reward, SPACE, train_fn=long_train, cache=tmp_path / "v.jsonl")
+    for r, t in zip(rows, trials):
+        assert r["trial"] == t["trial"] and r["proxy_reward"] == pytest.approx(t["reward"])
+        assert r["proxy_accuracy"] == t["accuracy"] and r["long_reward"] == pytest.approx(
+            reward(r["long_accuracy"], t["step_time"], t["params"]))
+    assert [p for _, p in seen] == [long] * 3 and [s for s, _ in seen] == [SPACE.build(t["choices"]).stages for t in trials]
+    rows2 = proxy_validity(trials, proxy, long, reward, SPACE, train_fn=None, cache=tmp_path / "v.jsonl")
+    assert [r["long_accuracy"] for r in rows2] == [r["long_accuracy"] for r in rows]  # cached: nothing trained
+    # ModelConfigs are evaluated with the proxy here, for real (synthetic data)
+    rows = proxy_validity([cfg], proxy, long, train_fn=None)
+    assert 0 <= rows[0]["proxy_accuracy"] <= 1 and 0 <= rows[0]["long_accuracy"] <= 1
+
+
+def test_noise_and_validity_results_refuse_smoke(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ev2lib.nas", "--profile", "smoke", "--noise", "--seeds", "2",
+                        "--data", "synthetic:256", "--save", "nas_noise_should_not_exist"],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "EV2_RESULTS_DIR": str(tmp_path)})
+    assert r.returncode != 0 and "smoke run is never saved" in r.stderr
+    assert not list(tmp_path.glob("*.json"))
 
 
 # ------------------------------------------------------------------------------------------------- search log
