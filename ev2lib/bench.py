@@ -335,7 +335,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    t0, args = time.perf_counter(), _parser().parse_args(argv)
     if args.save and not args.profile:
         raise ConfigError("--save needs --profile cpu-reference, colab or full (smoke runs are never saved)")
     if args.threads:
@@ -362,7 +362,8 @@ def main(argv=None):
         from . import results
 
         cmd = "python -m ev2lib.bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-        path = results.save(args.save, {"runs": runs}, config=vars(args), command=cmd, profile=args.profile,
+        path = results.save(args.save, {"runs": runs, "wall_seconds": time.perf_counter() - t0}, config=vars(args),
+                            command=cmd, profile=args.profile,
                             device=args.device)
         print(f"saved {path}")
     return runs

@@ -521,7 +521,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     from .progressive import make_schedule
 
-    args = vars(_parser().parse_args(argv))
+    t0, args = time.perf_counter(), vars(_parser().parse_args(argv))
     profile, result_name = args.pop("profile"), args.pop("save_result")
     kind, variant, sizes = args.pop("progressive"), args.pop("progressive_variant"), args.pop("progressive_sizes")
     cfg = make_config(profile, **{k: v for k, v in args.items() if v is not None})
@@ -533,7 +533,8 @@ def main(argv=None) -> dict:
         if result_name:
             from . import results
 
-            results.save(result_name, {"history": summary["history"], "source": summary["source"]},
+            results.save(result_name, {"history": summary["history"], "source": summary["source"],
+                                       "wall_seconds": time.perf_counter() - t0},  # this process (a resume: since it)
                          config=summary["config"], profile=profile,
                          command="python -m ev2lib.train " + " ".join(sys.argv[1:] if argv is None else argv))
     if dist.is_initialized():

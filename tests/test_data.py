@@ -237,8 +237,8 @@ def test_eval_resize_crops_below_320_and_squashes_above():
 
 
 def test_validation_hold_out_is_the_same_for_every_seed_and_disjoint_from_training():
-    a = data.load_data("synthetic:256", image_size=32, val_images=64, seed=0)
-    b = data.load_data("synthetic:256", image_size=32, val_images=64, seed=1, train_subset=100)
+    a = data.load_data("synthetic:256", image_size=32, val_images=64, seed=0, batch_size=32)
+    b = data.load_data("synthetic:256", image_size=32, val_images=64, seed=1, train_subset=100, batch_size=32)
     assert torch.equal(a.val[0], b.val[0]) and len(a.val[1]) == 64 and a.num_train == 192 and b.num_train == 100
     seen = {bytes(x.numpy()) for x in a.train[0]}
     assert not any(bytes(x.numpy()) in seen for x in a.val[0])  # no validation image is trained on

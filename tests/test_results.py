@@ -123,3 +123,41 @@ def test_every_profile_registry_uses_the_same_names():
     for name, registry in (("train.PROFILES", train.PROFILES), ("nas.PROXIES", nas.PROXIES),
                            ("ablations.PROFILES", ablations.PROFILES)):
         assert set(registry) == set(results.PROFILES), f"{name} has {sorted(registry)}, not {results.PROFILES}"
+
+
+def ablation_problems(record: dict) -> list[str]:
+    """What an ablation result must show to count (issue 11): enough data, seeds, a validation split for every
+    choice, a regime where the best configuration is good, and intervals on the paired differences."""
+    d, problems = record["data"], []
+    prof, table = d["profile"], d["table"]
+    if prof["train_subset"] and prof["train_subset"] < 10000:
+        problems.append(f"trains on {prof['train_subset']} images (< 10,000)")
+    if not prof.get("val_images"):
+        problems.append("no validation split: choices would be made on the test split")
+    seeds = {len(c["runs"]) for c in d["cells"]}
+    if min(seeds) < (2 if table == 5 else 3):
+        problems.append(f"{min(seeds)} seeds per cell (Table 5 needs 2, the others 3)")
+    if max(c["test_acc_mean"] for c in d["cells"]) < 0.70:
+        problems.append("the best configuration is below 70% test accuracy: not a regime that can show the effect")
+    paired = [v for v in d["summary"].values() if isinstance(v, dict) and "values" in v]
+    if table != 5 and (not paired or any(v.get("ci95") is None for v in paired)):
+        problems.append("paired differences without 95% intervals")
+    return problems
+
+
+ABLATIONS = sorted(p.stem for p in RESULTS.glob("ablations_table*.json"))
+
+
+@pytest.mark.parametrize("name", ABLATIONS or ["(none recorded yet)"])
+def test_ablation_results_meet_the_standard(name):
+    if not ABLATIONS:
+        pytest.skip("no ablation result recorded yet (bash ci/cpu_reference.sh)")
+    assert ablation_problems(results.load(name, directory=RESULTS)) == []
+
+
+def test_the_ablation_standard_rejects_the_old_underfit_grid():
+    """Negative control: the first CPU grid (2,000 images, no validation split, 20-34% accuracy) fails."""
+    cell = {"runs": [{"seed": s} for s in range(3)], "test_acc_mean": 0.34}
+    old = {"data": {"table": 12, "profile": {"train_subset": 2000}, "cells": [cell],
+                    "summary": {"acc_diff": {"mean": 0.05, "std": 0.03, "n": 3, "values": [0.1, 0.02, 0.03]}}}}
+    assert len(ablation_problems(old)) == 4
