@@ -45,6 +45,7 @@ import dataclasses
 import json
 import math
 import random
+import statistics
 import sys
 import time
 import warnings
@@ -595,7 +596,7 @@ def _ray_runner(workers: int):
 # CLI
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ev2lib.nas", description=__doc__.split("\n")[0])
     p.add_argument("--profile", choices=list(PROXIES), default="smoke", help="proxy task preset (PROXIES)")
     p.add_argument("--trials", type=int, default=8)
@@ -616,7 +617,11 @@ def main(argv=None):
     p.add_argument("--architectures", type=int, default=8, help="--validity: how many")
     p.add_argument("--cache", default=None, help="--noise/--validity: JSONL of finished runs (resumed)")
     p.add_argument("--save", default=None, help="save the result as data/results/<name>.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def _check(args) -> tuple:
+    """One-line errors for flags that do not fit together; returns the allowed layer counts."""
     if args.trials < 1 or args.workers < 1 or args.seeds < 2 or args.architectures < 2 or args.noise_random < 0:
         raise ConfigError("--trials and --workers must be >= 1, --seeds and --architectures >= 2")
     if args.save and args.profile == "smoke":
@@ -627,48 +632,62 @@ def main(argv=None):
     if not args.noise and not args.log:
         raise ConfigError("--log is required (the search log to write, or for --validity to read)")
     try:
-        layers = tuple(int(x) for x in args.layers.split(","))
+        return tuple(int(x) for x in args.layers.split(","))
     except ValueError:
         raise ConfigError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
+
+
+def _noise_record(args, space: SearchSpace, proxy: ProxyTask) -> dict:
+    rng = random.Random(f"noise:{args.seed}")  # the backbone, then --noise-random architectures of the space
+    configs = [space.backbone] + [space.build(space.sample(rng), name=f"random_{i}") for i in range(args.noise_random)]
+    archs = []
+    for cfg in configs:
+        runs = proxy_noise(cfg, proxy, range(args.seeds), cache=args.cache)
+        acc = [r["accuracy"] for r in runs]
+        archs.append({"architecture": cfg.name, "choices": [asdict(c) for c in space.choices_of(cfg)],
+                      "runs": runs, "mean": statistics.fmean(acc), "std": statistics.stdev(acc)})
+        print(f"{cfg.name} under {len(runs)} seeds: proxy accuracy {archs[-1]['mean']:.3f} +- {archs[-1]['std']:.3f}")
+    pooled = math.sqrt(sum(a["std"] ** 2 for a in archs) / len(archs))  # equal seeds per architecture
+    print(f"pooled seed-to-seed std {pooled:.4f}")
+    return {"proxy": asdict(proxy), "seeds": args.seeds, "architectures": archs, "pooled_std": pooled,
+            "wall_seconds": sum(r["seconds"] for a in archs for r in a["runs"])}
+
+
+def _validity_record(args, space: SearchSpace, proxy: ProxyTask, long_proxy: ProxyTask) -> dict:
+    header, trials = read_log(args.log)
+    if header is None:
+        raise ConfigError(f"{args.log}: no search log to check: run the search first")
+    rows = proxy_validity(spread_sample(trials, args.architectures), proxy, long_proxy, Reward(**header["reward"]),
+                          space, cache=args.cache)
+    tau = kendall_tau([r["proxy_reward"] for r in rows], [r["long_reward"] for r in rows])
+    tau_acc = kendall_tau([r["proxy_accuracy"] for r in rows], [r["long_accuracy"] for r in rows])
+    print(f"{len(rows)} architectures: Kendall tau {tau:.2f} (reward), {tau_acc:.2f} (accuracy)")
+    return {"proxy": header["proxy"], "long_proxy": asdict(long_proxy), "search_trials": len(trials),
+            "architectures": rows, "kendall_tau_reward": tau, "kendall_tau_accuracy": tau_acc,
+            "wall_seconds": sum(r["long_seconds"] for r in rows)}
+
+
+def _search_record(args, space: SearchSpace, proxy: ProxyTask) -> dict:
+    trials = run_search(space, args.trials, args.log, proxy, args.strategy, args.seed, workers=args.workers)
+    best = max(trials, key=lambda t: t["reward"])
+    print(f"{len(trials)} trials; best reward {best['reward']:.4f} (trial {best['trial']}, accuracy "
+          f"{best['accuracy']:.3f}, {best['params']:,} params)")
+    return {"header": read_log(args.log)[0], "trials": trials, "wall_seconds": sum(t["seconds"] for t in trials)}
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    layers = _check(args)
     proxy, long_proxy = PROXIES[args.profile], LONG_PROXIES[args.profile]
     if args.data:
         proxy, long_proxy = (dataclasses.replace(x, data=args.data) for x in (proxy, long_proxy))
     space = search_space(args.backbone, width=args.width, layers=layers)
-    t0 = time.perf_counter()
     if args.noise:
-        rng = random.Random(f"noise:{args.seed}")  # the backbone, then --noise-random architectures of the space
-        configs = [space.backbone] + [space.build(space.sample(rng), name=f"random_{i}") for i in range(args.noise_random)]
-        archs = []
-        for cfg in configs:
-            runs = proxy_noise(cfg, proxy, range(args.seeds), cache=args.cache)
-            acc = [r["accuracy"] for r in runs]
-            archs.append({"architecture": cfg.name, "choices": [asdict(c) for c in space.choices_of(cfg)],
-                          "runs": runs, "mean": sum(acc) / len(acc), "std": _std(acc)})
-            print(f"{cfg.name} under {len(runs)} seeds: proxy accuracy {archs[-1]['mean']:.3f} +- "
-                  f"{archs[-1]['std']:.3f} (std)")
-        pooled = math.sqrt(sum(a["std"] ** 2 for a in archs) / len(archs))  # equal seeds per architecture
-        data = {"proxy": asdict(proxy), "seeds": args.seeds, "architectures": archs, "pooled_std": pooled,
-                "wall_seconds": sum(r["seconds"] for a in archs for r in a["runs"])}
-        print(f"pooled seed-to-seed std {pooled:.4f}; {time.perf_counter() - t0:.0f} s")
+        data = _noise_record(args, space, proxy)
     elif args.validity:
-        header, trials = read_log(args.log)
-        if header is None:
-            raise ConfigError(f"{args.log}: no search log to check: run the search first")
-        chosen = spread_sample(trials, args.architectures)
-        rows = proxy_validity(chosen, proxy, long_proxy, Reward(**header["reward"]), space, cache=args.cache)
-        tau = kendall_tau([r["proxy_reward"] for r in rows], [r["long_reward"] for r in rows])
-        tau_acc = kendall_tau([r["proxy_accuracy"] for r in rows], [r["long_accuracy"] for r in rows])
-        data = {"proxy": header["proxy"], "long_proxy": asdict(long_proxy), "search_trials": len(trials),
-                "architectures": rows, "kendall_tau_reward": tau, "kendall_tau_accuracy": tau_acc,
-                "wall_seconds": sum(r["long_seconds"] for r in rows)}
-        print(f"{len(rows)} architectures: Kendall tau {tau:.2f} (reward), {tau_acc:.2f} (accuracy), "
-              f"{time.perf_counter() - t0:.0f} s")
+        data = _validity_record(args, space, proxy, long_proxy)
     else:
-        trials = run_search(space, args.trials, args.log, proxy, args.strategy, args.seed, workers=args.workers)
-        best = max(trials, key=lambda t: t["reward"])
-        print(f"{len(trials)} trials in {time.perf_counter() - t0:.0f} s; best reward {best['reward']:.4f} "
-              f"(trial {best['trial']}, accuracy {best['accuracy']:.3f}, {best['params']:,} params)")
-        data = {"header": read_log(args.log)[0], "trials": trials, "wall_seconds": sum(t["seconds"] for t in trials)}
+        data = _search_record(args, space, proxy)
     if args.save:
         from . import results
 
@@ -676,12 +695,6 @@ def main(argv=None):
         path = results.save(args.save, data, profile=args.profile, command=command,
                             config={k: v for k, v in vars(args).items() if k not in ("log", "save", "cache")})
         print(f"saved {path}")
-
-
-def _std(xs) -> float:
-    """Sample standard deviation (n - 1)."""
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 if __name__ == "__main__":
