@@ -10,12 +10,14 @@ if ! git diff --quiet HEAD -- ev2lib ci; then
   echo "error: ev2lib/ or ci/ has uncommitted changes: commit first, so the results name the code that made them" >&2
   exit 1
 fi
-# Resumable: a result already recorded at this commit is skipped, and the training run, the search log and the
-# ablation runs of this commit continue where they stopped, so the script can be stopped and run again.
-COMMIT="$(git rev-parse --short=12 HEAD)"
-recorded() {
-  "$PY" -c 'import sys; from ev2lib import results
-r = results.load(sys.argv[1]); sys.exit(r["provenance"]["git_commit"] != results.git_commit())' "$1" 2>/dev/null
+# Resumable: a result already recorded with this code is skipped, and the training run, the search log and the
+# ablation runs of this code continue where they stopped, so the script can be stopped and run again (also after
+# committing the results recorded so far).
+COMMIT="$(git log -1 --format=%H -- ev2lib ci | cut -c1-12)"  # the code's commit: committing results keeps it
+recorded() {  # NAME.json exists and was recorded with the code (ev2lib/, ci/) that HEAD has
+  local commit
+  commit="$("$PY" -c 'import sys; from ev2lib import results; print(results.load(sys.argv[1])["provenance"]["git_commit"])' "$1" 2>/dev/null)" || return 1
+  git diff --quiet "$commit" HEAD -- ev2lib ci 2>/dev/null
 }
 # --- bottleneck analysis (issue 4): book/bottlenecks.ipynb and book/fused_mbconv.ipynb (~8 min in all) ---
 # Table 2 analogue on CPU: EfficientNet-B6 training cost, memory and largest batch (8 GiB budget) vs image size.

@@ -17,8 +17,8 @@
 paired by seed (same seed: same data subset, initial weights and augmentation stream) and reported as the mean
 difference with a 95 % Student-t interval.
 
-**Resumable.** Each (cell, seed) run is saved as JSON under ``cache/<commit>/`` when it finishes; rerunning the
-same command at the same commit skips it, so a long reference run can be stopped and continued.
+**Resumable.** Each (cell, seed) run is saved as JSON under ``cache/<code commit>/`` when it finishes; rerunning the
+same command with the same code skips it, so a long reference run can be stopped and continued.
 ``python -m ev2lib.ablations --table 12 13 7 --profile cpu-reference --save`` writes
 ``<results>/ablations_table{N}_{cpu|gpu}.json``.
 """
@@ -301,11 +301,11 @@ def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str |
 
     ``cache``: a folder; each finished run is kept there under the code's commit and the profile's digest, and
     reused by later calls (Table 12's progressive cell is Table 13's first row; a stopped run continues)."""
-    from .results import git_commit, hardware
+    from .results import code_commit, hardware
 
     p = get_profile(profile, **overrides)
     seeds = p.table5_seeds if table == 5 else p.seeds
-    folder = Path(cache) / f"{git_commit()[:12]}-{p.digest()}" if cache else None
+    folder = Path(cache) / f"{code_commit()[:12]}-{p.digest()}" if cache else None
     todo = cells(table, p)
     from tqdm.auto import tqdm
 

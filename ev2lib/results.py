@@ -72,6 +72,12 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return _git("rev-parse", "HEAD", cwd=cwd) or "unknown"
 
 
+def code_commit(cwd: str | Path | None = None, paths=("ev2lib", "ci")) -> str:
+    """The last commit that changed the code (``paths``) of the checkout at ``cwd``: results and caches keyed by it
+    stay valid while only results, notebooks or prose are committed."""
+    return _git("log", "-1", "--format=%H", "--", *paths, cwd=cwd) or "unknown"
+
+
 def provenance(device: str | None = None, cwd: str | Path | None = None) -> dict:
     """Where, when and with what a result was produced (the commit of the git checkout at ``cwd``)."""
     import torch
