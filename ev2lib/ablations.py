@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, cli_main
-from .files import atomic_write
+from .files import json_cache
 from .progressive import ProgressiveSchedule, RandomResizeSchedule, fixed_schedule, progressive_resize
 
 TABLES = (5, 12, 13, 7)  # the chapter's order
@@ -285,16 +285,6 @@ def _cell_record(name: str, coords: dict, schedule, runs: list[dict]) -> dict:
             **{f"{k}_mean": v for k, v in mean.items()}, "test_acc_ci95": interval([r["test_acc"] for r in runs])["ci95"]}
 
 
-def _cached_run(key: str, cache: Path | None, compute):
-    path = cache / f"{key}.json" if cache else None
-    if path is not None and path.exists():
-        return json.loads(path.read_text())
-    run = compute()
-    if path is not None:
-        atomic_write(path, json.dumps(run))
-    return run
-
-
 def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str | Path | None = None,
               progress: bool = True, **overrides) -> dict:
     """Run every cell of ``table`` for every seed (Table 5: ``table5_seeds``); returns what :func:`save_table` writes.
@@ -316,8 +306,8 @@ def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str |
                 size, model = coords.get("image_size", p.sizes[-1]), coords.get("model")
                 key = f"{name}_{model}" if model and model != p.model else name  # a distinct run per model
                 slug = "".join(ch if ch.isalnum() else "_" for ch in f"{key}_at{size}_seed{seed}")
-                runs[(name, seed)] = _cached_run(slug, folder, lambda: run_cell(schedule, p, seed, Path(tmp) / slug,
-                                                                                size, model=model))
+                runs[(name, seed)] = json_cache(folder / f"{slug}.json" if folder else None,
+                                                lambda: run_cell(schedule, p, seed, Path(tmp) / slug, size, model=model))
                 bar.update()
     bar.close()
     records = [_cell_record(name, coords, sched, [runs[(name, s)] for s in seeds]) for name, coords, sched in todo]

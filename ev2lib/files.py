@@ -1,5 +1,5 @@
-"""Files on disk, written so that a crash never leaves a half-written one: the one atomic writer, JSON lines,
-and the one safe reader of PyTorch files (``weights_only=True``).
+"""Files on disk, written so that a crash never leaves a half-written one: the one atomic writer, JSON lines, a
+JSON cache of finished runs, and the one safe reader of PyTorch files (``weights_only=True``).
 
 An atomic write goes to ``<name>.<pid>.tmp`` in the same folder, is flushed and fsynced, then renamed over the
 target (``os.replace`` is atomic on POSIX and Windows): a reader sees the old file or the new one, never a part.
@@ -47,6 +47,17 @@ def append_jsonl(path: str | Path, record: dict, sync: bool = False) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSON-lines file, in order (blank lines skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def json_cache(path: str | Path | None, compute):
+    """``compute()``'s JSON-able result, written atomically to ``path`` and read back by later calls instead of
+    computing it again: how the ablation and transfer runners continue where they stopped. ``None`` always computes."""
+    if path is not None and Path(path).exists():
+        return json.loads(Path(path).read_text())
+    result = compute()
+    if path is not None:
+        atomic_write(path, json.dumps(result))
+    return result
 
 
 def load_torch(path: str | Path, map_location="cpu"):
