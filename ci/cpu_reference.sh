@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Record every CPU reference result the book shows (profile cpu-reference), from a clean commit:
-#   bash ci/cpu_reference.sh
+#   bash ci/cpu_reference.sh                 # every section
+#   bash ci/cpu_reference.sh nas transfer    # only these: bottlenecks training nas scaling ablations transfer
 # One command per line, each under ~5 minutes on 2 cores. Results go to data/results/*.json via ev2lib.results.save.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,15 +11,21 @@ if ! git diff --quiet HEAD -- ev2lib ci; then
   echo "error: ev2lib/ or ci/ has uncommitted changes: commit first, so the results name the code that made them" >&2
   exit 1
 fi
-# Resumable: a result already recorded with this code is skipped, and the training run, the search log and the
-# ablation runs of this code continue where they stopped, so the script can be stopped and run again (also after
-# committing the results recorded so far).
-COMMIT="$(git log -1 --format=%H -- ev2lib ci | cut -c1-12)"  # the code's commit: committing results keeps it
-recorded() {  # NAME.json exists and was recorded with the code (ev2lib/, ci/) that HEAD has
-  local commit
-  commit="$("$PY" -c 'import sys; from ev2lib import results; print(results.load(sys.argv[1])["provenance"]["git_commit"])' "$1" 2>/dev/null)" || return 1
-  git diff --quiet "$commit" HEAD -- ev2lib ci 2>/dev/null
+# Resumable: a result is skipped while the code it was recorded with is unchanged (ci/current.py: the module its
+# command runs and every ev2lib module that one imports, and ci/requirements.txt), and the training run, the search
+# log and the ablation runs continue where they stopped; so the script can be stopped and run again, also after
+# committing the results recorded so far or a change to code that other results do not use.
+COMMIT="$(git log -1 --format=%H -- ev2lib ci | cut -c1-12)"  # the code's commit: names the runs' caches
+SECTIONS="bottlenecks training nas scaling ablations transfer"
+ONLY=" ${*:-$SECTIONS} "
+for s in $ONLY; do
+  [[ " $SECTIONS " == *" $s "* ]] || { echo "error: unknown section '$s'; the sections are: $SECTIONS" >&2; exit 2; }
+done
+recorded() {  # exit 0: skip NAME, because its $SECTION was not asked for or NAME.json is current
+  [[ "$ONLY" == *" $SECTION "* ]] || return 0
+  "$PY" "$ROOT/ci/current.py" "$1"
 }
+SECTION=bottlenecks
 # --- bottleneck analysis (issue 4): book/bottlenecks.ipynb and book/fused_mbconv.ipynb (~8 min in all) ---
 # Table 2 analogue on CPU: EfficientNet-B6 training cost, memory and largest batch (8 GiB budget) vs image size.
 recorded bottlenecks_image_size_cpu || "$PY" -m ev2lib.bench --model efficientnet_b6 --image-size 64 96 128 --batch-size 2 --max-batch --memory-budget-gb 8 --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_image_size_cpu --profile cpu-reference
@@ -28,9 +35,11 @@ recorded bottlenecks_stage_times_cpu || "$PY" -m ev2lib.bench --model efficientn
 recorded bottlenecks_scaling_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b2 efficientnet_b4 efficientnet_b7 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 2 --stage-times --repeats 3 --warmup 1 --no-inference --device cpu --save bottlenecks_scaling_cpu --profile cpu-reference
 # Table 3 on CPU: EfficientNet-B4 with MBConv -> Fused-MBConv in stages none / 1-3 / 1-5 / 1-7.
 recorded fused_mbconv_table3_cpu || "$PY" -m ev2lib.bench --model efficientnet_b4 --fused-stages none 1-3 1-5 1-7 --image-size 96 --batch-size 2 --repeats 3 --warmup 1 --no-inference --device cpu --save fused_mbconv_table3_cpu --profile cpu-reference
+SECTION=training
 # --- training engine (issue 5): book/training.ipynb (~10 min of training on 2 idle cores) ---
 # The CPU preset on all of CIFAR-10 (shared offline archive via EV2_DATA_DIR), 4 epochs, amp auto (bf16 where native).
 recorded train_cifar10_cpu || "$PY" -m ev2lib.train --profile cpu-reference --data cifar10 --progress false --out runs/cpu-reference-train-$COMMIT --save-result train_cifar10_cpu
+SECTION=nas
 # --- training-aware NAS and scaling (issue 7): book/nas.ipynb and book/scaling.ipynb ---
 # NAS proxy (nas.PROXIES["cpu-reference"]): 2,000 CIFAR-10 images, 4 epochs, trained and scored at 16 px on 2,000
 # held-out training images (validation; never the test split), one thread, ~20 s a trial. Noise (the backbone and one
@@ -42,7 +51,9 @@ recorded nas_search_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --tri
 wait "$nas_noise"
 recorded nas_proxy_validity_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --validity --architectures 8 --log runs/nas-cpu-reference-$COMMIT.jsonl --cache runs/nas-validity-cpu-reference-$COMMIT.jsonl --save nas_proxy_validity_cifar10
 # V1 B0-B7 and V2 B0-B3/S/M/L: parameters and training throughput at one small image size (~3 min).
+SECTION=scaling
 recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
+SECTION=ablations
 # --- progressive learning and V1 vs V2 ablations (issue 11): book/ablations.ipynb ---
 # Two one-thread processes side by side: Tables 12 + 13 (progressive vs a baseline tuned over three regularization
 # levels on validation; adaptive vs constant regularization; 3 seeds; ~90 min), and Table 5 (3 sizes x 3 magnitudes,
@@ -50,6 +61,10 @@ recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0
 # 3 cells x 3 seeds: ~60 min, the V1-shaped runs ~12 min each, about 2.4x a V2-shaped one on one thread): ~2 h.
 # Resumable: every finished (cell, seed) run is kept in runs/ablations/<commit>-<profile digest>/, so rerunning this
 # section at the same commit trains only what is missing. Each result file records its wall time.
-"$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_a=$!
-"$PY" -m ev2lib.ablations --table 5 7 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_b=$!
+# Beside them (after Tables 12 + 13, in the first process), transfer learning (issue 13): book/transfer.ipynb. Pretrain on
+# CIFAR-10 classes 0-4 (~8 min), then fine-tuned vs from-scratch runs on classes 5-9 at 250 / 1,000 / 5,000 images:
+# 3 learning rates each on validation, then 3 seeds (30 runs of 500 steps, ~35 min). Resumable (runs/transfer).
+{ { recorded ablations_table12_cpu && recorded ablations_table13_cpu; } || "$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --cache runs/ablations --save
+  SECTION=transfer; recorded transfer_cifar10_cpu || "$PY" -m ev2lib.transfer --profile cpu-reference --threads 1 --cache runs/transfer --save; } & ablations_a=$!
+{ recorded ablations_table5_cpu && recorded ablations_table7_cpu; } || "$PY" -m ev2lib.ablations --table 5 7 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_b=$!
 wait "$ablations_a"; wait "$ablations_b"

@@ -37,7 +37,8 @@ from .files import atomic_write
 DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "imagenette", "imagefolder:<path>",
             "cifar10-shared", "synthetic[:<n>]")
 SQUASH_FROM = 320  # official eval: at >= 320 px the whole image is resized (no crop); below, a centre crop
-AUGMENT_FIELDS = ("image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha")
+AUGMENT_FIELDS = ("image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha", "cutout")
+CROPS = ("rrc", "pad", "resize")
 VAL_SEED = 2021  # the seed of the validation hold-out: one split for every run
 
 
@@ -102,12 +103,14 @@ def _solarize_add(img: torch.Tensor, addition: int, threshold: int = 128) -> tor
     return torch.where(img < threshold, added, img)
 
 
-def _cutout(img: torch.Tensor, half: int) -> torch.Tensor:
-    """Official cutout: a (2 half)^2 box of grey 128 centred on a uniformly drawn pixel, clipped at the borders."""
+def _cutout(img: torch.Tensor, half: int, fill: int | str = RANDAUG_FILL) -> torch.Tensor:
+    """Official cutout: a (2 half)^2 box centred on a uniformly drawn pixel, clipped at the borders, filled with
+    grey 128 (RandAugment's op) or, ``fill="random"``, uniform random pixels (the fine-tuning augmentation, §5.3)."""
     h, w = img.shape[-2:]
     cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
     out = img.clone()
-    out[..., max(0, cy - half):cy + half, max(0, cx - half):cx + half] = RANDAUG_FILL
+    box = out[..., max(0, cy - half):cy + half, max(0, cx - half):cx + half]
+    box.copy_(torch.randint(0, 256, box.shape, dtype=torch.uint8) if fill == "random" else torch.full_like(box, fill))
     return out
 
 
@@ -167,24 +170,29 @@ def _seeds(g: torch.Generator, n: int) -> list[int]:
 
 
 def augment(img: torch.Tensor, seed: int, image_size: int, randaug_magnitude: float = 0.0, crop: str = "rrc",
-            **_) -> torch.Tensor:
+            cutout: float = 0.0, **_) -> torch.Tensor:
     """uint8 (3, H, W) -> uint8 (3, S, S), drawing only from ``seed`` (the global RNG is left untouched).
 
     ``crop="rrc"``: the official random resized crop (area 0.05-1, aspect 3/4-4/3) to S. ``crop="pad"``: the
-    CIFAR recipe, reflect-pad 4 and crop back to H, then resize to S if S != H. Both flip half the images and
-    then apply :func:`rand_augment` (2 ops at ``randaug_magnitude``; 0 = off).
+    CIFAR recipe, reflect-pad 4 and crop back to H, then resize to S if S != H. ``crop="resize"``: the whole image
+    resized to S (the official fine-tuning augmentation, ``augname='ft'``). All flip half the images, then apply
+    :func:`rand_augment` (2 ops at ``randaug_magnitude``; 0 = off), then cutout when ``cutout > 0``: a box whose
+    side is that fraction of S, filled with random pixels (the official fine-tuning's is 0.5, a pad of S/4).
     """
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators stay untouched
         if crop == "rrc":
             img = v2.RandomResizedCrop(image_size, scale=(0.05, 1.0), antialias=True)(img)
         else:
-            img = v2.RandomCrop(img.shape[-2:], padding=4, padding_mode="reflect")(img)
-            if img.shape[-1] != image_size:
+            if crop == "pad":
+                img = v2.RandomCrop(img.shape[-2:], padding=4, padding_mode="reflect")(img)
+            if img.shape[-1] != image_size or img.shape[-2] != image_size:
                 img = v2.functional.resize(img, [image_size, image_size], antialias=True)
         img = v2.RandomHorizontalFlip()(img)
         if randaug_magnitude > 0:
             img = rand_augment(img, randaug_magnitude)
+        if cutout > 0:
+            img = _cutout(img, round(cutout * image_size / 2), fill="random")
     return img
 
 
@@ -299,8 +307,12 @@ def torchvision_dataset(name: str, split: str, root: str | Path, download: bool 
     makers = {
         "cifar10": lambda: tvd.CIFAR10(root, train=train, download=download),
         "cifar100": lambda: tvd.CIFAR100(root, train=train, download=download),
-        "flowers102": lambda: tvd.Flowers102(root, split="train" if train else "test", download=download),
-        "stanford_cars": lambda: tvd.StanfordCars(root, split="train" if train else "test", download=download),
+        # Table 9's 2,040 Flowers training images are torchvision's "train" and "val" splits together.
+        "flowers102": lambda: torch.utils.data.ConcatDataset(
+            [tvd.Flowers102(root, split=s, download=download) for s in ("train", "val")]) if train
+        else tvd.Flowers102(root, split="test", download=download),
+        # torchvision cannot download Stanford Cars any more (its URL is gone): the files must be in place.
+        "stanford_cars": lambda: tvd.StanfordCars(root, split="train" if train else "test"),
         "imagenette": lambda: tvd.Imagenette(root, split="train" if train else "val", size="320px",
                                              download=download and not (Path(root) / "imagenette2-320").is_dir()),
     }
@@ -309,14 +321,19 @@ def torchvision_dataset(name: str, split: str, root: str | Path, download: bool 
     try:
         return makers[name]()
     except (OSError, RuntimeError) as e:  # URLError is an OSError; torchvision raises RuntimeError for missing files
+        if name == "stanford_cars":
+            raise DataError(f"Stanford Cars is not in {Path(root) / 'stanford_cars'} and cannot be downloaded (its "
+                            f"original URL is gone; {str(e)[:60]}): put a copy there (devkit/ with cars_meta.mat and "
+                            f"cars_train_annos.mat, cars_train/, cars_test/, cars_test_annos_withlabels.mat) and "
+                            f"`pip install scipy`") from None
         raise DataError(f"could not download {name} to {root} ({type(e).__name__}: {str(e)[:100]}): connect to the "
                         f"internet, or put the files there yourself and pass download=False; offline, use --data "
                         f"cifar10-shared (EV2_DATA_DIR) or --data synthetic") from None
 
 
 def _num_classes(ds) -> int:
-    while isinstance(ds, torch.utils.data.Subset):
-        ds = ds.dataset
+    while isinstance(ds, (torch.utils.data.Subset, torch.utils.data.ConcatDataset)):
+        ds = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds.datasets[0]
     return len(ds.classes) if hasattr(ds, "classes") else int(max(ds._labels)) + 1
 
 
@@ -355,14 +372,15 @@ class TrainData:
     def __init__(self, train, test, num_classes: int, *, image_size: int, eval_size: int | None = None,
                  batch_size: int = 128, crop: str = "rrc", seed: int = 0, rank: int = 0, world: int = 1,
                  num_workers: int = 0, source: str = "", val=None):
-        if crop not in ("rrc", "pad"):
-            raise DataError(f"crop must be 'rrc' or 'pad', got {crop!r}")
+        if crop not in CROPS:
+            raise DataError(f"crop must be one of {CROPS}, got {crop!r}")
         self.train, self.val, self.test, self.num_classes, self.source = train, val, test, num_classes, source
         self.in_memory = isinstance(train, tuple)
         self.batch_size, self.crop, self.seed, self.rank, self.world = batch_size, crop, seed, rank, world
         self.eval_size, self.num_workers, self._loader = eval_size or image_size, num_workers, None
         # The augmentation settings live in shared memory, so persistent workers see set_augment() at once.
-        self.augment_state = torch.tensor([image_size, 0.0, 0.0, 0.0], dtype=torch.float64).share_memory_()
+        self.augment_state = torch.tensor([image_size] + [0.0] * (len(AUGMENT_FIELDS) - 1),
+                                          dtype=torch.float64).share_memory_()
         self.num_train = len(train[0]) if self.in_memory else len(train)
         if self.num_train < batch_size * world:
             raise DataError(f"{self.num_train} training images cannot fill one batch of {batch_size} on each of "
@@ -371,7 +389,7 @@ class TrainData:
 
     @property
     def augmentation(self) -> dict:
-        """The current image size, RandAugment magnitude and mixup / CutMix alphas."""
+        """The current image size, RandAugment magnitude, mixup / CutMix alphas and cutout size."""
         d = dict(zip(AUGMENT_FIELDS, self.augment_state.tolist()))
         return {**d, "image_size": int(d["image_size"])}
 
@@ -432,10 +450,10 @@ class TrainData:
             xs, ys = data
             n = min(limit, len(ys)) if limit else len(ys)
             for i in range(0, n, bs):
-                yield eval_resize(xs[i:min(i + bs, n)], self.eval_size, crop=self.crop == "rrc"), ys[i:min(i + bs, n)]
+                yield eval_resize(xs[i:min(i + bs, n)], self.eval_size, crop=self.crop != "pad"), ys[i:min(i + bs, n)]
             return
-        size = self.eval_size
-        tf = v2.Compose([v2.PILToTensor(), v2.Lambda(lambda x: eval_resize(x, size))])
+        size, crop = self.eval_size, self.crop != "pad"
+        tf = v2.Compose([v2.PILToTensor(), v2.Lambda(lambda x: eval_resize(x, size, crop))])
         ds = _Transformed(data, tf)
         ds = ds if not limit else torch.utils.data.Subset(ds, range(min(limit, len(ds))))
         yield from torch.utils.data.DataLoader(ds, batch_size=bs, num_workers=self.num_workers)
@@ -490,6 +508,30 @@ def _in_memory(name: str, root: Path, download: bool):
     return None
 
 
+def parse_classes(text) -> list[int]:
+    """Class labels as the command lines write them: ``"5-9"`` -> [5, 6, 7, 8, 9]; ``"0,3,7"``; ``""`` -> [] (all)."""
+    if text is None or str(text).strip().lower() in ("", "all"):
+        return []
+    try:
+        out = []
+        for part in str(text).split(","):
+            lo, _, hi = part.partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise DataError(f"classes must look like 5-9 or 0,3,7, got {text!r}") from None
+    if len(set(out)) != len(out) or min(out) < 0:
+        raise DataError(f"classes {text!r} lists a class twice or a negative one")
+    return out
+
+
+def _keep_classes(xy, classes: list[int]):
+    """The images of ``classes`` only, relabelled 0..len(classes)-1 in the order given."""
+    x, y = xy
+    keep = torch.isin(y, torch.tensor(classes))
+    new_label = {c: i for i, c in enumerate(classes)}
+    return x[keep], torch.tensor([new_label[c] for c in y[keep].tolist()], dtype=torch.long)
+
+
 def _hold_out(n_total: int, n: int) -> tuple[list[int], list[int]]:
     """(train indices, validation indices): ``n`` images held out of the training split, the same ones for every
     run and seed (a fixed generator), so that every choice made on validation is made on the same images."""
@@ -501,27 +543,39 @@ def _hold_out(n_total: int, n: int) -> tuple[list[int], list[int]]:
 
 def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch_size: int = 128, crop: str = "rrc",
               root: str | Path | None = None, download: bool = True, train_subset: int = 0, eval_subset: int = 0,
-              val_images: int = 0, seed: int = 0, rank: int = 0, world: int = 1, num_workers: int = 0) -> TrainData:
+              val_images: int = 0, classes="", seed: int = 0, rank: int = 0, world: int = 1,
+              num_workers: int = 0) -> TrainData:
     """Build :class:`TrainData` for a dataset name (see :data:`DATASETS`).
 
     ``cifar10`` uses the shared offline archive when ``$EV2_DATA_DIR`` has it, else torchvision's download.
     ``synthetic`` (or ``synthetic:<n>``) generates data. ``val_images`` holds that many training images out as a
     validation split (the same for every seed); then ``train_subset`` / ``eval_subset`` keep that many of the rest
-    of the training images / of the test images.
+    of the training images / of the test images. ``classes`` (e.g. ``"5-9"``, in-memory datasets) keeps those
+    classes only, relabelled from 0, in every split; the validation hold-out is drawn before, so a run on classes
+    0-4 and one on 5-9 never share an image.
     """
+    wanted = parse_classes(classes)
     name = str(name).lower()
     root = Path(root or os.environ.get("EV2_DATASETS", "datasets"))
     kw = dict(image_size=image_size, eval_size=eval_size, batch_size=batch_size, crop=crop, seed=seed, rank=rank,
               world=world, num_workers=num_workers)
     found = _in_memory(name, root, download)
     if found is not None:
-        tr, te, classes, source = found
+        tr, te, num_classes, source = found
         val = None
         if val_images:
             keep, held = _hold_out(len(tr[1]), val_images)
             tr, val = (tr[0][keep], tr[1][keep]), (tr[0][held], tr[1][held])
-        return TrainData(_subset(tr, train_subset, seed), _subset(te, eval_subset, seed + 1), classes, source=source,
-                         val=val, **kw)
+        if wanted:
+            if max(wanted) >= num_classes:
+                raise DataError(f"{name} has classes 0-{num_classes - 1}; classes={classes!r} asks for {max(wanted)}")
+            tr, te, val = (_keep_classes(d, wanted) if d is not None else None for d in (tr, te, val))
+            num_classes, source = len(wanted), f"{source}, classes {classes}"
+        return TrainData(_subset(tr, train_subset, seed), _subset(te, eval_subset, seed + 1), num_classes,
+                         source=source, val=val, **kw)
+    if wanted:
+        raise DataError(f"classes= selects classes of the in-memory datasets (cifar10, cifar100, synthetic), not of "
+                        f"{name}: make an ImageFolder with the classes you want")
     tr, te = (torchvision_dataset(name, s, root, download) for s in ("train", "test"))
     val = None
     if val_images:

@@ -29,6 +29,7 @@ class EfficientNet(nn.Module):
     """
 
     normalization = SCRATCH_NORMALIZATION
+    frozen: tuple[int, ...] = ()  # stages that do not train (:meth:`freeze`)
 
     def __init__(self, config: ModelConfig, num_classes: int = 1000, padding: str = "symmetric"):
         super().__init__()
@@ -95,6 +96,25 @@ class EfficientNet(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {p}")
         self.classifier[0].p = float(p)
+
+    def freeze(self, stages) -> None:
+        """Stop training ``stages`` (Table 4 numbering, 0 = the stem; a list or ``"0-3"``) when fine-tuning (§5.3):
+        their weights get no gradient, and their BatchNorm layers stay in eval mode, normalising with the statistics
+        of the weights loaded (as Keras' ``trainable=False``) instead of the new data's batches."""
+        stages = sorted(set(parse_stages(stages) if isinstance(stages, str) else map(int, stages)))
+        last = len(self.config.stages)
+        if any(not 0 <= i <= last for i in stages):
+            raise ConfigError(f"{self.config.name} has stages 0 (stem) to {last}; cannot freeze {stages}")
+        self.frozen = tuple(stages)
+        for i in self.frozen:
+            self.features[i].requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for i in self.frozen:
+            self.features[i].eval()
+        return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in 0-255 pixel units (uint8 or float) -> ``(x - mean) / std`` in float32."""

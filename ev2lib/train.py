@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from .data import load_data
 from .errors import ConfigError, TrainingError, WeightsError, cli_main
 from .files import append_jsonl, atomic_write, load_torch, read_jsonl
-from .model import create_model
+from .transfer import init_model
 
 
 @dataclass
@@ -41,13 +41,17 @@ class TrainConfig:
     """Every knob of a run. :data:`PROFILES` hold the presets; the CLI flags override single fields."""
 
     model: str = "efficientnetv2_cifar"
+    init: str = ""  # "" = from scratch; "torchvision" | "timm" (published ImageNet weights) | an ev2lib checkpoint.pt
+    freeze: str = ""  # stages that do not train when fine-tuning, e.g. "0-3" (0 = the stem; ev2lib.transfer)
     data: str = "cifar10"
+    classes: str = ""  # keep these classes only, e.g. "5-9" (in-memory datasets; relabelled from 0)
     epochs: int = 10
+    steps: int = 0  # train exactly this many steps, the LR schedule ending there (0 = epochs; §5.3: 10,000)
     batch_size: int = 256  # global: divided among DDP processes
     micro_batches: int = 1  # split each process's batch into this many chunks, gradients accumulated
     image_size: int = 32
     eval_size: int = 0  # 0 = image_size
-    crop: str = "pad"  # "rrc": official random resized crop (area 0.05-1); "pad": CIFAR pad-4 crop + flip
+    crop: str = "pad"  # "rrc": official random resized crop (area 0.05-1); "pad": CIFAR pad-4 crop; "resize": whole image
     optimizer: str = "sgd"  # "sgd" | "rmsprop" (paper: TF RMSProp, decay 0.9, momentum 0.9, eps 1e-3)
     lr: float = 0.2  # peak learning rate for the global batch (paper: 0.016 x batch / 256)
     momentum: float = 0.9
@@ -64,6 +68,7 @@ class TrainConfig:
     randaug_magnitude: float = 0.0  # official 0-10 scale (ev2lib.data.rand_augment; extrapolated above 10)
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    cutout: float = 0.0  # cutout box side as a fraction of the image side, random fill (§5.3 fine-tuning: 0.5)
     amp: str = "auto"  # "auto" (bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32) | "none" | "bf16" | "fp16"
     channels_last: bool = True
     compile: bool = False
@@ -165,6 +170,11 @@ def build_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
     raise ConfigError(f"optimizer must be 'sgd' or 'rmsprop', got {cfg.optimizer!r}")
 
 
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's length in steps: ``cfg.steps`` if set (fine-tuning's fixed 10,000), else epochs x steps per epoch."""
+    return cfg.steps or cfg.epochs * steps_per_epoch
+
+
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """The LR schedule's multiplier at ``step``: linear warm-up from 0, then cosine to 0, exponential or constant.
 
@@ -173,7 +183,7 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
         return step / warm
-    total = cfg.epochs * steps_per_epoch
+    total = total_steps(cfg, steps_per_epoch)
     if cfg.lr_schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
     if cfg.lr_schedule == "exponential":
@@ -309,10 +319,14 @@ def setup(cfg: TrainConfig) -> Run:
     torch.use_deterministic_algorithms(cfg.deterministic)
     data = load_data(cfg.data, image_size=cfg.image_size, eval_size=cfg.eval_size or None, crop=cfg.crop,
                      batch_size=cfg.batch_size // world, train_subset=cfg.train_subset, eval_subset=cfg.eval_subset,
-                     val_images=cfg.val_images, seed=cfg.seed, rank=rank, world=world, num_workers=cfg.num_workers)
-    data.set_augment(randaug_magnitude=cfg.randaug_magnitude, mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha)
+                     val_images=cfg.val_images, classes=cfg.classes, seed=cfg.seed, rank=rank, world=world,
+                     num_workers=cfg.num_workers)
+    data.set_augment(randaug_magnitude=cfg.randaug_magnitude, mixup_alpha=cfg.mixup_alpha,
+                     cutmix_alpha=cfg.cutmix_alpha, cutout=cfg.cutout)
     over = {k: v for k, v in (("dropout", cfg.dropout), ("drop_path_rate", cfg.drop_path_rate)) if v >= 0}
-    model = create_model(cfg.model, num_classes=data.num_classes, **over).to(device)
+    model = init_model(cfg.model, data.num_classes, cfg.init, **over)  # scratch, or weights + new classifier (§5.3)
+    model.freeze(cfg.freeze)
+    model = model.to(device)
     model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
     optimizer = build_optimizer(cfg, model)
     spe = data.steps_per_epoch
@@ -342,7 +356,8 @@ def checkpoint(run: Run) -> None:
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
             "scaler": run.scaler.state_dict(), "rng": rng_state(), "step": run.step, "phase": run.phase,
-            "history": run.history, "config": run.config, "normalization": run.model.normalization})
+            "history": run.history, "config": run.config, "normalization": run.model.normalization,
+            "padding": run.model.padding})
         run.log(event="checkpoint", step=run.step, path=str(run.ckpt_path))
     if run.world > 1:
         dist.barrier()
@@ -452,7 +467,7 @@ def train(cfg: TrainConfig, progressive=None, callbacks=()) -> dict:
 
     run = setup(cfg)
     spe, t_train = run.data.steps_per_epoch, 0.0
-    total = min(cfg.max_steps or cfg.epochs * spe, cfg.epochs * spe)
+    total = min(cfg.max_steps or total_steps(cfg, spe), total_steps(cfg, spe))
     bar = tqdm(total=total, initial=run.step, disable=run.rank != 0 or not cfg.progress, desc=str(run.config["model"]))
     while run.step < total:
         epoch, start = divmod(run.step, spe)
@@ -474,7 +489,7 @@ def train(cfg: TrainConfig, progressive=None, callbacks=()) -> dict:
                 break
         t_train += time.perf_counter() - t0
         done = run.step % spe == 0
-        if (done and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)) or run.step >= total:
+        if (done and (epoch + 1) % cfg.eval_every == 0) or run.step >= total:  # and always after the last step
             metrics = evaluate_run(run, epoch + 1 if done else run.step / spe, run.step >= total, train_seconds=t_train)
             for cb in callbacks:
                 getattr(cb, "on_epoch_end", lambda r, m: None)(run, metrics)
@@ -499,6 +514,7 @@ def read_log(run: str | Path) -> list[dict]:
 
 def _parser() -> argparse.ArgumentParser:
     from .progressive import SCHEDULES
+    from .transfer import RECIPES
 
     p = argparse.ArgumentParser(prog="python -m ev2lib.train", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="smoke", help=f"preset: {', '.join(PROFILES)} (flags override it)")
@@ -514,17 +530,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--progressive-variant", default="efficientnetv2_s", help="whose Table 6 / official settings")
     p.add_argument("--progressive-sizes", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="map the schedule onto this image-size range (e.g. 16 32 for CIFAR)")
+    p.add_argument("--finetune", default="", choices=["", *RECIPES],
+                   help="fine-tune with §5.3's recipe as the paper writes it or as the official code runs it "
+                        "(ev2lib.transfer), at --profile's scale; pass the weights with --init")
     p.add_argument("--save-result", default="", help="save the history as a reference result NAME (not for smoke)")
     return p
 
 
 def main(argv=None) -> dict:
     from .progressive import make_schedule
+    from .transfer import finetune_config
 
     t0, args = time.perf_counter(), vars(_parser().parse_args(argv))
-    profile, result_name = args.pop("profile"), args.pop("save_result")
+    profile, result_name, recipe = args.pop("profile"), args.pop("save_result"), args.pop("finetune")
     kind, variant, sizes = args.pop("progressive"), args.pop("progressive_variant"), args.pop("progressive_sizes")
-    cfg = make_config(profile, **{k: v for k, v in args.items() if v is not None})
+    fields = {k: v for k, v in args.items() if v is not None}
+    cfg = finetune_config(profile, recipe, **fields) if recipe else make_config(profile, **fields)
     summary = train(cfg, progressive=None if kind == "none" else make_schedule(kind, cfg.epochs, variant, sizes))
     if summary["history"] and int(os.environ.get("RANK", "0")) == 0:
         last = summary["history"][-1]

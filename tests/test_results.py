@@ -118,10 +118,11 @@ def test_a_regular_install_finds_the_reference_results_from_the_book_folder(tmp_
 
 
 def test_every_profile_registry_uses_the_same_names():
-    from ev2lib import ablations, nas, train
+    from ev2lib import ablations, nas, train, transfer
 
     for name, registry in (("train.PROFILES", train.PROFILES), ("nas.PROXIES", nas.PROXIES),
-                           ("ablations.PROFILES", ablations.PROFILES)):
+                           ("ablations.PROFILES", ablations.PROFILES), ("transfer.SCALES", transfer.SCALES),
+                           ("transfer.EXPERIMENTS", transfer.EXPERIMENTS)):
         assert set(registry) == set(results.PROFILES), f"{name} has {sorted(registry)}, not {results.PROFILES}"
 
 
@@ -139,7 +140,9 @@ def ablation_problems(record: dict) -> list[str]:
         problems.append(f"{min(seeds)} seeds per cell (Table 5 needs 2, the others 3)")
     if max(c["test_acc_mean"] for c in d["cells"]) < 0.70:
         problems.append("the best configuration is below 70% test accuracy: not a regime that can show the effect")
-    paired = [v for v in d["summary"].values() if isinstance(v, dict) and "values" in v]
+    # A paired comparison that has no pairs (progressive never reached the baseline's accuracy) is an outcome,
+    # not a missing interval; every comparison that has pairs needs its interval.
+    paired = [v for v in d["summary"].values() if isinstance(v, dict) and v.get("values")]
     if table != 5 and (not paired or any(v.get("ci95") is None for v in paired)):
         problems.append("paired differences without 95% intervals")
     return problems
@@ -161,3 +164,81 @@ def test_the_ablation_standard_rejects_the_old_underfit_grid():
     old = {"data": {"table": 12, "profile": {"train_subset": 2000}, "cells": [cell],
                     "summary": {"acc_diff": {"mean": 0.05, "std": 0.03, "n": 3, "values": [0.1, 0.02, 0.03]}}}}
     assert len(ablation_problems(old)) == 4
+
+
+def transfer_problems(record: dict) -> list[str]:
+    """What the offline transfer experiment must show to count (issue 13): both methods at three or more target
+    sizes, each with its learning rate chosen on a validation split, three seeds, paired intervals."""
+    d, problems = record["data"], []
+    if not d["experiment"].get("val_images"):
+        problems.append("no validation split: the learning rates would be chosen on the test split")
+    sizes = {c["size"] for c in d["cells"]}
+    if len(sizes) < 3 or {(m, s) for m in ("fine-tuned", "scratch") for s in sizes} != {(c["method"], c["size"]) for c in d["cells"]}:
+        problems.append("not both methods at three or more target sizes")
+    if min(c["test_acc"]["n"] for c in d["cells"]) < 3:
+        problems.append("fewer than 3 finished seeds per cell")
+    if any(len(c["tuning"]) < 2 for c in d["cells"]):
+        problems.append("a learning rate not tuned (a grid of one)")
+    gains = d["summary"]["test_acc_gain_finetuned_minus_scratch"]
+    if len(gains) < len(sizes) or any(v["ci95"] is None for v in gains.values()):
+        problems.append("paired differences without 95% intervals")
+    return problems
+
+
+TRANSFER = sorted(p.stem for p in RESULTS.glob("transfer_*.json"))
+
+
+@pytest.mark.parametrize("name", TRANSFER or ["(none recorded yet)"])
+def test_transfer_results_meet_the_standard(name):
+    if not TRANSFER:
+        pytest.skip("no transfer result recorded yet (bash ci/cpu_reference.sh)")
+    assert transfer_problems(results.load(name, directory=RESULTS)) == []
+
+
+def test_the_transfer_standard_rejects_a_smoke_shaped_run():
+    """Negative control: what the smoke profile produces (one size, one seed, one learning rate) fails."""
+    from ev2lib.transfer import summarize_transfer
+
+    cells = [{"method": m, "size": 128, "lr": 1e-3, "tuning": [{}], "runs": [{"seed": 0, "test_acc": a}],
+              "test_acc": {"mean": a, "ci95": None, "n": 1}} for m, a in (("fine-tuned", 0.5), ("scratch", 0.4))]
+    smoke = {"data": {"experiment": {"val_images": 500}, "cells": cells, "summary": summarize_transfer(cells)}}
+    assert len(transfer_problems(smoke)) == 4
+
+
+def _current_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ci_current", ROOT / "ci" / "current.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_script_knows_which_code_each_result_depends_on():
+    current = _current_module()
+    ablation = current.imported_modules("ablations")
+    assert {"ablations", "train", "data", "model", "progressive", "files", "results", "__init__"} <= ablation
+    assert not {"nas", "bench", "book"} & ablation  # a change to the search leaves the ablations current
+    assert {"nas", "bench", "train", "model"} <= current.imported_modules("nas")
+
+
+def test_a_result_is_current_until_the_code_it_ran_changes(tmp_path, monkeypatch):
+    import subprocess
+
+    current = _current_module()
+    monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path))
+    path = results.save("summary_probe", {"x": 1}, config={}, profile="cpu-reference",
+                        command="python -m ev2lib.summary efficientnetv2_s")
+    record = json.loads(path.read_text())
+
+    def recorded_at(*rev):
+        sha = subprocess.run(["git", *rev], cwd=ROOT, capture_output=True, text=True).stdout.split()[0]
+        record["provenance"]["git_commit"] = sha
+        path.write_text(json.dumps(record))
+
+    recorded_at("rev-parse", "HEAD")
+    assert current.stale_because("summary_probe") is None  # recorded at HEAD: nothing changed since
+    recorded_at("rev-list", "--max-parents=0", "HEAD")  # the first commit: the summary code changed since
+    why = current.stale_because("summary_probe")
+    assert why and ("ev2lib/summary.py" in why or "not in this repository" in why), why
+    assert "not in" in current.stale_because("no_such_result")

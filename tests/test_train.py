@@ -200,6 +200,8 @@ CHANGES = {
     "cutmix_alpha": (1.0, {}), "amp": ("fp16", {}), "grad_clip": (0.1, {}), "train_subset": (64, {}),
     "val_images": (32, {}),
     "eval_subset": (32, {}), "max_steps": (5, {}), "eval_every": (2, {}), "seed": (1, {}),
+    "init": ("torchvision", {}),  # no torchvision weights for this model (or no internet): the one-line WeightsError
+    "freeze": ("0-2", {}), "classes": ("0-4", {}), "steps": (5, {}), "cutout": (0.5, {}),
 }
 NO_EFFECT = {  # fields that cannot change the numbers, and why
     "out": "where files go", "progress": "the tqdm bar", "log_every": "how often steps are logged",
