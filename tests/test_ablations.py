@@ -99,6 +99,24 @@ def test_table13_and_table5_summaries():
     assert s5["best_magnitude_on_val"] == {"16": 10, "32": 5}
 
 
+def test_tables_share_equal_runs_and_only_those():
+    """Table 5's large size without RandAugment is Table 12's weak baseline, Table 7's V2-shaped cells are Table 12's
+    runs: one cache file each. Every other cell is a run of its own."""
+    p = PROFILES["cpu-reference"]
+
+    def keys(table):
+        return {name: ablations.run_key(c.get("model", p.model), sch, c.get("image_size", p.sizes[-1]), 0)
+                for name, c, sch in cells(table, p)}
+
+    k5, k12, k13, k7 = keys(5), keys(12), keys(13), keys(7)
+    assert k5[f"size {p.sizes[-1]}, RandAugment 0"] == k12[f"fixed {p.sizes[-1]} px, weak"]
+    assert k7["V2-shaped, progressive + adaptive"] == k12["progressive + adaptive"] == k13["progressive + adaptive"]
+    assert k7[f"V2-shaped, fixed {p.sizes[-1]} px, {p.table7_level}"] == k12[f"fixed {p.sizes[-1]} px, {p.table7_level}"]
+    every = [k for d in (k5, k12, k13, k7) for k in d.values()]
+    assert len(set(every)) == len(every) - 4  # exactly the four shared runs above
+    assert ablations.run_key(p.model, cells(12, p)[0][2], 32, 1) != k12["progressive + adaptive"]  # seeds differ
+
+
 def test_run_table_tiny_grid_resumes_from_finished_runs_and_saves(tmp_path, monkeypatch):
     calls = []
     real = ablations.run_cell
