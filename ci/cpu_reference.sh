@@ -39,32 +39,34 @@ SECTION=training
 # --- training engine (issue 5): book/training.ipynb (~10 min of training on 2 idle cores) ---
 # The CPU preset on all of CIFAR-10 (shared offline archive via EV2_DATA_DIR), 4 epochs, amp auto (bf16 where native).
 recorded train_cifar10_cpu || "$PY" -m ev2lib.train --profile cpu-reference --data cifar10 --progress false --out runs/cpu-reference-train-$COMMIT --save-result train_cifar10_cpu
-SECTION=nas
-# --- training-aware NAS and scaling (issue 7): book/nas.ipynb and book/scaling.ipynb ---
-# NAS proxy (nas.PROXIES["cpu-reference"]): 2,000 CIFAR-10 images, 4 epochs, trained and scored at 16 px on 2,000
-# held-out training images (validation; never the test split), one thread, ~20 s a trial. Noise (the backbone and one
-# random architecture, 5 seeds each, ~3 min) runs beside the 50-trial random search (~17 min); then 8 of its
-# architectures from across the reward range train again with nas.LONG_PROXIES (8,000 images, 6 epochs; ~15 min)
-# for Kendall's tau. ~35 min of one thread in all, measured on a loaded machine; resumable at this commit.
-recorded nas_proxy_noise_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --noise --seeds 5 --noise-random 1 --cache runs/nas-noise-cpu-reference-$COMMIT.jsonl --save nas_proxy_noise_cifar10 & nas_noise=$!
-recorded nas_search_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference-$COMMIT.jsonl --save nas_search_cifar10
-wait "$nas_noise"
-recorded nas_proxy_validity_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --validity --architectures 8 --log runs/nas-cpu-reference-$COMMIT.jsonl --cache runs/nas-validity-cpu-reference-$COMMIT.jsonl --save nas_proxy_validity_cifar10
 # V1 B0-B7 and V2 B0-B3/S/M/L: parameters and training throughput at one small image size (~3 min).
 SECTION=scaling
 recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
-SECTION=ablations
-# --- progressive learning and V1 vs V2 ablations (issue 11): book/ablations.ipynb ---
-# Two one-thread processes side by side: Tables 12 + 13 (progressive vs a baseline tuned over three regularization
-# levels on validation; adaptive vs constant regularization; 3 seeds; ~90 min), and Table 5 (3 sizes x 3 magnitudes,
-# 2 seeds; ~60 min) then Table 7 (V1-shaped vs V2-shaped at matched parameters, fixed size and V2 progressive,
-# 3 cells x 3 seeds: ~60 min, the V1-shaped runs ~12 min each, about 2.4x a V2-shaped one on one thread): ~2 h.
-# Resumable: every finished (cell, seed) run is kept in runs/ablations/<commit>-<profile digest>/, so rerunning this
-# section at the same commit trains only what is missing. Each result file records its wall time.
-# Beside them (after Tables 12 + 13, in the first process), transfer learning (issue 13): book/transfer.ipynb. Pretrain on
-# CIFAR-10 classes 0-4 (~8 min), then fine-tuned vs from-scratch runs on classes 5-9 at 250 / 1,000 / 5,000 images:
-# 3 learning rates each on validation, then 3 seeds (30 runs of 500 steps, ~35 min). Resumable (runs/transfer).
-{ { recorded ablations_table12_cpu && recorded ablations_table13_cpu; } || "$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --cache runs/ablations --save
-  SECTION=transfer; recorded transfer_cifar10_cpu || "$PY" -m ev2lib.transfer --profile cpu-reference --threads 1 --cache runs/transfer --save; } & ablations_a=$!
-{ recorded ablations_table5_cpu && recorded ablations_table7_cpu; } || "$PY" -m ev2lib.ablations --table 5 7 --profile cpu-reference --threads 1 --cache runs/ablations --save & ablations_b=$!
-wait "$ablations_a"; wait "$ablations_b"
+# --- NAS (issues 7, 11), the ablations (issue 11) and transfer learning (issue 13): two one-thread processes side by
+# side, so that every timed run shares the machine with exactly one other (~2.5 h in all). Each command is resumable
+# at this commit: finished runs are kept in runs/ and skipped on a rerun. Each result file records its wall time.
+# Process A: Tables 12 + 13 (progressive vs a baseline tuned over three regularization levels on validation; adaptive
+#   vs constant regularization; 3 seeds; 7 cells, 21 runs of ~4-5 min), then the 50-trial NAS random search with
+#   nas.PROXIES["cpu-reference"] (4,000 images, 8 epochs, trained and scored at 16 px on 5,000 held-out training
+#   images, never the test split; ~1 min a trial).
+# Process B: Table 5 (3 sizes x RandAugment 0/5/10/15, 2 seeds; ~80 min) and Table 7 (V1-shaped vs V2-shaped at
+#   matched parameters: the V1-shaped runs, ~12 min each; the V2-shaped ones are Table 12's), then the proxy's noise
+#   (the backbone and two random architectures, 5 seeds each, ~15 min), then transfer learning (book/transfer.ipynb: pretrain
+#   on CIFAR-10 classes 0-4, fine-tuned vs from-scratch on classes 5-9 at 250 / 1,000 / 5,000 images; ~30 min).
+# Then, alone: 8 of the search's architectures from across its reward range train again with nas.LONG_PROXIES (12,000
+# images, 10 epochs, ~4 min each), for Kendall's tau between the proxy's ranking and a longer training's.
+{ SECTION=ablations
+  { recorded ablations_table12_cpu && recorded ablations_table13_cpu; } || "$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --cache runs/ablations --save
+  SECTION=nas
+  recorded nas_search_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference-$COMMIT.jsonl --save nas_search_cifar10
+} & process_a=$!
+{ SECTION=ablations
+  { recorded ablations_table5_cpu && recorded ablations_table7_cpu; } || "$PY" -m ev2lib.ablations --table 5 7 --profile cpu-reference --threads 1 --cache runs/ablations --save
+  SECTION=nas
+  recorded nas_proxy_noise_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --noise --seeds 5 --noise-random 2 --cache runs/nas-noise-cpu-reference-$COMMIT.jsonl --save nas_proxy_noise_cifar10
+  SECTION=transfer
+  recorded transfer_cifar10_cpu || "$PY" -m ev2lib.transfer --profile cpu-reference --threads 1 --cache runs/transfer --save
+} & process_b=$!
+wait "$process_a"; wait "$process_b"
+SECTION=nas
+recorded nas_proxy_validity_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --validity --architectures 8 --log runs/nas-cpu-reference-$COMMIT.jsonl --cache runs/nas-validity-cpu-reference-$COMMIT.jsonl --save nas_proxy_validity_cifar10
