@@ -1,15 +1,135 @@
-"""Small helpers the book's chapters share: captions that say where a number came from, stage tables as
-DataFrames, training curves of runs side by side and an ipywidgets explorer that also renders statically.
+"""Small helpers the book's chapters share: the chapter frame (a "run it" box, a "what we found" list), one figure
+style sized for the book's text column, readable tables, captions that say where a number came from, stage tables
+as DataFrames, training curves of runs side by side and an ipywidgets explorer that also renders statically.
 
 This module is for the chapters only (it imports pandas, matplotlib, seaborn and ipywidgets lazily, from the
-``book`` extra); the rest of ev2lib never imports it.
+``chapters`` extra); the rest of ev2lib never imports it.
 """
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 from . import results
 from .configs import ModelConfig, get_config
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures sized for the page. The rendered book's text column is 688 px wide on a 1280 px screen and its body text
+# 16 px; a figure TEXT_WIDTH inches wide at DPI dots per inch is shown at its natural size there, so FONT_PT-point
+# text (FONT_PT * DPI / 72 = 16.7 px) is no smaller than the body text. At most two panels sit side by side.
+TEXT_WIDTH = 6.5  # inches (the inline backend's tight bounding box adds ~0.3 in)
+DPI = 100
+FONT_PT = 12
+PALETTE = "colorblind"
+
+
+def style() -> None:
+    """The book's one figure style: seaborn's whitegrid theme, the colorblind palette, every text at least
+    :data:`FONT_PT` points, figures :data:`TEXT_WIDTH` inches wide at :data:`DPI`, constrained layout."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
+    sizes = ("font.size", "axes.titlesize", "axes.labelsize", "xtick.labelsize", "ytick.labelsize", "legend.fontsize",
+             "legend.title_fontsize", "figure.labelsize")
+    mpl.rcParams.update({k: FONT_PT for k in sizes if k in mpl.rcParams})  # figure.labelsize: matplotlib >= 3.6
+    mpl.rcParams.update({"figure.titlesize": FONT_PT + 1, "figure.dpi": DPI, "savefig.dpi": DPI,
+                         "figure.figsize": (TEXT_WIDTH, 3.6), "figure.constrained_layout.use": True})
+
+
+def subplots(n: int = 1, height: float = 3.4, **kw):
+    """``n`` panels, at most two side by side (more go on further rows), as wide as the text column; returns
+    ``(figure, [axes])``. ``height`` is per row, in inches; ``kw`` go to :func:`matplotlib.pyplot.subplots`."""
+    import matplotlib.pyplot as plt
+
+    if n < 1:
+        raise ValueError(f"subplots needs at least one panel, got n={n}")
+    ncols = min(n, 2)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(TEXT_WIDTH, height * nrows), squeeze=False, **kw)
+    axes = list(axes.ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables and labels
+
+
+def short_hardware(desc: str) -> str:
+    """A short device label for tables, e.g. "Intel(R) Xeon(R) Processor @ 2.50GHz (2 threads)" ->
+    "Intel Xeon (2 threads)", "NVIDIA H100 80GB HBM3" -> "NVIDIA H100"; the full string belongs in a caption."""
+    s = re.sub(r"\((R|TM)\)|\bCPU\b|\bProcessor\b", "", desc)
+    s = re.sub(r"@ ?[\d.]+ ?GHz", "", s)
+    s = re.sub(r"(NVIDIA \S+) .*", r"\1", s) if s.startswith("NVIDIA") else s
+    s = re.sub(r"\b(\d+-Core|\d+-core)\b", "", s)
+    return re.sub(r"\s+", " ", s).replace(" )", ")").strip()
+
+
+def table(df, digits: int = 3, percent=(), index: bool = True):
+    """A DataFrame formatted for reading (a pandas Styler): floats to ``digits`` significant decimals, thousands
+    separators, the columns named in ``percent`` (fractions) as percentages, empty cells blank."""
+    import pandas as pd
+
+    fmt = {}
+    for col in df.columns:
+        if col in percent:
+            fmt[col] = lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%"
+        elif pd.api.types.is_float_dtype(df[col]):
+            fmt[col] = lambda v, d=digits: "" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 10 ** d else f"{v:,.{d}g}")
+        elif pd.api.types.is_integer_dtype(df[col]):
+            fmt[col] = "{:,}"
+    styler = df.style.format(fmt)
+    return styler if index else styler.hide(axis="index")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The chapter frame: a "run it" box after the opening paragraph, a "what we found" list at the end
+
+PROFILES = {
+    "smoke": "CPU, offline, tiny data: shows that every cell runs; its numbers mean nothing",
+    "colab": "one GPU (a Colab runtime): the chapter's experiments at a size that can show their effect",
+    "full": "the paper's scale where one GPU allows it",
+}
+SMOKE_BUDGET_MIN = 3  # CI fails a chapter whose smoke run takes longer on 2 CPU cores (ci/build_book.py)
+
+
+def run_box(chapter: str, repo: str, branch: str = "main") -> None:
+    """Display the chapter's "run it" box: an Open-in-Colab link to ``book/<chapter>.ipynb`` of ``repo``, and what
+    each profile does and how long it took where that was measured (the GPU times from the recorded result
+    ``book_times_gpu``, if any). HTML with the theme's admonition classes: a box in the book, plain in Jupyter."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    colab = f"https://colab.research.google.com/github/{repo.split('github.com/')[-1]}/blob/{branch}/book/{chapter}.ipynb"
+    try:
+        gpu = results.load("book_times_gpu")
+        sec = gpu["data"]["chapters"].get(chapter)
+        gpu_time = (f"{sec / 60:.0f} min on {short_hardware(gpu['provenance']['hardware'])} "
+                    f"({gpu['provenance']['date'][:10]})" if sec else "not measured yet")
+    except (results.ResultsError, KeyError):
+        gpu_time = "not measured yet"
+    times = {"smoke": f"under {SMOKE_BUDGET_MIN} min on 2 CPU cores (CI enforces it)", "colab": gpu_time,
+             "full": "not measured"}
+    rows = "".join(f"<li><code>profile = \"{p}\"</code>: {escape(what)}. Time: {escape(times[p])}.</li>"
+                   for p, what in PROFILES.items())
+    display(HTML(f'<div class="admonition tip run-it"><p class="admonition-title">Run it</p>'
+                 f'<p><a href="{escape(colab)}">Open this chapter in Colab</a> (or use the rocket button at the top of '
+                 f'the page), choose a GPU runtime and run all cells. The first code cell sets the profile:</p>'
+                 f'<ul>{rows}</ul></div>'))
+
+
+def findings(items, hardware: str | None = None) -> None:
+    """Display the "what we found" list: ``items`` are Markdown sentences that state results in numbers; ``hardware``
+    names where the numbers were measured (shown once, below the list)."""
+    from IPython.display import Markdown, display
+
+    items = [i for i in items if i]
+    body = "\n".join(f"- {i}" for i in items) if items else "- Nothing recorded yet: `bash ci/cpu_reference.sh`."
+    display(Markdown(body + (f"\n\n*Measured on {hardware}.*" if hardware else "")))
 
 
 def run_caption(what: str = "computed in this run", device: str | None = None) -> str:
@@ -56,23 +176,24 @@ def summary_frame(rows, variant: str = "", image_size: int | None = None):
     return df
 
 
-def plot_stage_costs(df, hue: str = "variant", title: str = "", caption: str = ""):
-    """Three bar panels (params, MACs, activation memory) per Table 4 stage, one colour per ``hue`` value."""
-    import matplotlib.pyplot as plt
+def plot_stage_costs(df, hue: str = "variant", title: str = ""):
+    """Three bar panels (params, MACs, activation memory) per Table 4 stage, one colour per ``hue`` value, two
+    panels a row; the panel titles name the quantity and the legend fills the empty fourth quarter. Keep ``title``
+    short and say where the numbers came from in a caption below (:func:`show_caption`)."""
     import seaborn as sns
 
     metrics = ["params (M)", "MACs (G)", "activation memory (MiB)"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    fig, axes = subplots(3, height=3.0)
     for ax, m in zip(axes, metrics):
         sns.barplot(data=df, x="stage", y=m, hue=hue if hue in df else None, ax=ax)
-        ax.set_xlabel("stage (Table 4 numbering)")
-        ax.set_title(m)
-        if ax is not axes[-1] and ax.get_legend() is not None:
+        ax.set(xlabel="stage (Table 4 numbering)", ylabel="", title=m)
+        if ax.get_legend() is not None:
+            handles, labels = ax.get_legend_handles_labels()
             ax.get_legend().remove()
+    if hue in df:
+        fig.legend(handles, labels, title=hue, loc="center", bbox_to_anchor=(0.75, 0.25))
     if title:
         fig.suptitle(title)
-    if caption:
-        fig.text(0.5, -0.06, caption, ha="center", fontsize=9, style="italic")
     return fig
 
 
@@ -85,14 +206,14 @@ def plot_runs(runs: dict, metric: str = "test_acc", x: str = "epoch", ax=None):
 
     from .train import read_log
 
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    ax = ax or plt.subplots(figsize=(TEXT_WIDTH, 3.4))[1]
     for label, run in runs.items():
         records = read_log(run) if isinstance(run, (str, Path)) else list(run)
         rows = [r for r in records if metric in r and x in r and (metric == "loss" or r.get("event", "eval") == "eval")]
         ax.plot([r[x] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=label)
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
@@ -109,7 +230,8 @@ def explorer(fn, static: bool = True, **controls):
     w = widgets.interactive(fn, **controls)
     display(w)
     if static:
-        defaults = dict(w.kwargs)  # the values the widget was first rendered with
+        # The controls' values as first rendered (ipywidgets 7 fills ``w.kwargs`` only once a kernel displays it).
+        defaults = {c._kwarg: c.value for c in w.kwargs_widgets}
         shown = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
         display(Markdown(f"**Static view** at the default settings ({shown}); run the chapter to move the controls."))
         fn(**defaults)
