@@ -3,8 +3,9 @@ recorded from code that HEAD still has, and 1 (with one line saying why) when ci
 again.
 
 "The code" of a result is the module its command runs (``python -m ev2lib.X``) and every ev2lib module that module
-imports, directly or inside a function, followed through the package's own import statements; plus
-ci/requirements.txt (the pinned versions). A change to the NAS search leaves the ablations' results current, so a
+imports, directly or inside a function, followed through the package's own import statements; plus the pinned
+versions (ci/requirements.txt) of the packages ev2lib runs on (:data:`RUNTIME`): a new pin of the book's tooling or
+of a test-only package leaves every result current. A change to the NAS search leaves the ablations' results current, so a
 reference run stopped in one session and continued after a commit in another records only what the change touched.
 """
 from __future__ import annotations
@@ -16,6 +17,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ev2lib"
+RUNTIME = ("torch", "torchvision", "numpy", "tqdm")  # pyproject.toml's dependencies: what a measurement runs on
+
+
+def runtime_pins(text: str) -> dict[str, str]:
+    """``{package: pinned line}`` of the :data:`RUNTIME` packages in a requirements file's text."""
+    pins = {}
+    for line in text.splitlines():
+        name = line.split("#")[0].split("==")[0].split(">=")[0].strip().lower()
+        if name in RUNTIME:
+            pins[name] = line.split("#")[0].strip()
+    return pins
 
 
 def imported_modules(module: str) -> set[str]:
@@ -49,13 +61,17 @@ def stale_because(name: str) -> str | None:
     if "-m" not in words or not words[words.index("-m") + 1].startswith("ev2lib."):
         return f"its command {record['command']!r} does not run an ev2lib module"
     module = words[words.index("-m") + 1].split(".", 1)[1]
-    paths = [f"ev2lib/{m}.py" for m in sorted(imported_modules(module))] + ["ci/requirements.txt"]
+    paths = [f"ev2lib/{m}.py" for m in sorted(imported_modules(module))]
     commit = record["provenance"]["git_commit"]
     diff = subprocess.run(["git", "diff", "--name-only", commit, "HEAD", "--", *paths], cwd=ROOT,
                           capture_output=True, text=True)
     if diff.returncode != 0:
         return f"its commit {commit[:12]} is not in this repository"
     changed = diff.stdout.split()
+    then = subprocess.run(["git", "show", f"{commit}:ci/requirements.txt"], cwd=ROOT, capture_output=True, text=True)
+    now = (ROOT / "ci" / "requirements.txt").read_text()
+    if runtime_pins(then.stdout) != runtime_pins(now):
+        changed.append("the pins of " + "/".join(RUNTIME) + " in ci/requirements.txt")
     return f"{', '.join(changed)} changed since {commit[:12]}" if changed else None
 
 

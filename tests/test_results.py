@@ -3,6 +3,7 @@ save -> load round-trips with provenance."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,16 @@ def test_a_result_is_current_until_the_code_it_ran_changes(tmp_path, monkeypatch
     why = current.stale_because("summary_probe")
     assert why and ("ev2lib/summary.py" in why or "not in this repository" in why), why
     assert "not in" in current.stale_because("no_such_result")
+
+
+def test_only_the_runtime_pins_make_a_result_stale():
+    current = _current_module()
+    before = "torch==2.14.1\ntorchvision==0.29.1\nnumpy==2.4.6\ntqdm==4.70.1\njupyter-book==1.0.4.post1\n"
+    assert current.runtime_pins(before) == {"torch": "torch==2.14.1", "torchvision": "torchvision==0.29.1",
+                                            "numpy": "numpy==2.4.6", "tqdm": "tqdm==4.70.1"}
+    book_tooling = before.replace("jupyter-book==1.0.4.post1", "jupyter-book==1.0.5") + "sphinx-mathjax-offline==0.0.2\n"
+    assert current.runtime_pins(book_tooling) == current.runtime_pins(before)
+    assert current.runtime_pins(before.replace("torch==2.14.1", "torch==2.15.0")) != current.runtime_pins(before)
+    assert set(current.RUNTIME) == {"torch", "torchvision", "numpy", "tqdm"}
+    deps = re.search(r"^dependencies = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S).group(1)
+    assert {re.split(r"[<>=\[ ]", d.strip().strip('"'))[0] for d in deps.split(",") if d.strip()} == set(current.RUNTIME)
