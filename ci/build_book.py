@@ -4,7 +4,8 @@
     python ci/build_book.py --profile colab --chapters book/anatomy --no-html
 
 1. Stage the book in ``_build/book_exec/`` (the same layout as the repository: ``_config.yml``, ``_toc.yml``,
-   ``book/``, plus a copy of ``ev2lib/`` so ``../ev2lib/...`` literalinclude paths resolve).
+   ``_static/`` (the book's CSS), ``book/``, plus a copy of ``ev2lib/`` so ``../ev2lib/...`` literalinclude paths
+   resolve).
 2. Execute every notebook listed in ``_toc.yml`` with ``papermill -k python3 -p profile <profile>``, working
    directory = the staged ``book/``, each under a wall-clock budget (a killed chapter fails the build), and report
    a table of chapter, profile, seconds. An executed notebook with an error output fails the build with the
@@ -71,6 +72,8 @@ def stage(root: Path, out: Path) -> None:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, out / name)
     ignore = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "_build")
+    if (root / "_static").is_dir():  # the book's own CSS (Jupyter Book loads every .css file there)
+        shutil.copytree(root / "_static", out / "_static", ignore=ignore)
     for f in toc_files(root / "_toc.yml"):  # every folder that holds a page (normally just book/)
         top = Path(f).parts[0] if len(Path(f).parts) > 1 else None
         if top and not (out / top).exists():

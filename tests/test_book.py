@@ -2,9 +2,15 @@
 
 The book is built once per session by ``ci/build_book.py --profile smoke`` (every chapter in ``_toc.yml`` executed
 with papermill, then ``jupyter-book build --all -W -n``), unless ``EV2_BOOK_HTML`` points at an already built
-``_build/html`` folder. Then every page is opened: status 200, no broken image, no console error beyond the known
-offline CDN noise (book-tooling.md §9), a Colab launch link and a rendered figure on every chapter, and an intro
-page that links to every chapter. A chapter that raises must fail the build with its name and failing cell.
+``_build/html`` folder. Then every page is opened at a desktop width (1280 px) and a phone width (390 px), with
+nothing outside the machine reachable: status 200, no request leaves the book (MathJax is served with it), no broken
+image, no console error, no raw LaTeX delimiters left in the text, nothing wider than the page outside a scroll
+container, and at the desktop width no figure shrunk below its natural size (a figure drawn wider than the text
+column shows its text smaller than the body text). Every chapter has a Colab launch link to itself and a rendered
+figure, and the intro links every chapter. A full-page screenshot of every page at both widths is saved under
+``_build/screenshots/`` (a CI artifact). Negative controls: a page with a planted raw ``$$`` equation and one with a
+planted three-panel figure must fail these checks. A chapter that raises must fail the build with its name and
+failing cell.
 
 Needs ``chromium`` from Debian (``apt-get install -y chromium``); never ``playwright install``.
 """
@@ -32,10 +38,31 @@ import build_book  # noqa: E402
 CHROMIUM = os.environ.get("EV2_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-# Offline noise (book-tooling.md §9): CDN scripts (require.js, the ipywidgets html-manager, MathJax) that cannot
-# load without internet, sphinx-thebe's double declaration, the theme-mode message and a missing favicon.
-CDN_HOSTS = ("cdnjs.cloudflare.com", "cdn.jsdelivr.net", "unpkg.com")
+# Known console noise: sphinx-thebe's double declaration and the theme-mode message. Every request must stay on the
+# book's own server except the favicon the browser asks for by itself.
 ALLOWED_CONSOLE = ("Identifier 'THEBE_JS_URL' has already been declared", "Got invalid theme mode")
+WIDTHS = {"desktop": 1280, "phone": 390}
+MIN_FIGURE_SCALE = 0.96  # desktop: a figure shown at >= 96 % of its natural width keeps ev2lib.book's 12 pt text >= 16 px
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+# Evaluated on a page once MathJax has typeset it: what the layout and equation checks need.
+LAYOUT_JS = """() => {
+  const vw = document.documentElement.clientWidth;
+  const article = document.querySelector('article') || document.body;
+  const scrolls = el => { for (let p = el.parentElement; p && p !== document.body; p = p.parentElement) {
+      const s = getComputedStyle(p);
+      if ((s.overflowX === 'auto' || s.overflowX === 'scroll') && p.getBoundingClientRect().right <= vw + 1) return true;
+    } return false; };
+  const wide = [...article.querySelectorAll('img, table, pre, svg, mjx-container, .cell_output > *')]
+    .filter(el => { const r = el.getBoundingClientRect(); return r.width > 0 && (r.right > vw + 1 || r.left < -1); })
+    .filter(el => !scrolls(el)).map(el => el.tagName.toLowerCase() + ' ' + (el.getAttribute('src') || el.className || '').toString().slice(0, 80));
+  const prose = article.cloneNode(true);
+  prose.querySelectorAll('pre, code, script, style, mjx-container, .highlight').forEach(e => e.remove());
+  const raw = (prose.innerText.match(/\\$\\$|\\\\\\[|\\\\\\(|\\\\begin\\{/g) || []);
+  const figures = [...article.querySelectorAll('.cell_output img')].filter(i => i.naturalWidth > 0)
+    .map(i => ({src: i.getAttribute('src'), natural: i.naturalWidth, shown: i.getBoundingClientRect().width}));
+  const math = article.querySelectorAll('.math').length, typeset = article.querySelectorAll('.math mjx-container').length;
+  return {scrollWidth: document.documentElement.scrollWidth, viewport: vw, wide, raw, figures, math, typeset};
+}"""
 CHAPTERS = [c[:-len(".ipynb")] for c in build_book.chapters(ROOT)]  # e.g. "book/anatomy"
 PAGES = build_book.toc_files(ROOT / "_toc.yml")
 
@@ -71,52 +98,91 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def _is_noise_url(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return any(host == h or host.endswith("." + h) for h in CDN_HOSTS) or urlparse(url).path == "/favicon.ico"
+    return urlparse(url).path == "/favicon.ico"
+
+
+def _open(browser, url: str, width: int, origin: str):
+    """A page at ``width`` px with every request outside ``origin`` aborted (and recorded), loaded and typeset."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    errors = []
+
+    def route(r):
+        if urlparse(r.request.url).netloc == origin:
+            return r.continue_()
+        errors.append(("external", "a request that leaves the book", r.request.url))
+        return r.abort()
+
+    page.route("**/*", route)
+    page.on("console", lambda m, e=errors: e.append(("console", m.text, m.location.get("url", "")))
+            if m.type == "error" else None)
+    page.on("pageerror", lambda exc, e=errors: e.append(("pageerror", str(exc), "")))
+    page.on("response", lambda r, e=errors: e.append(("http", str(r.status), r.url)) if r.status >= 400 else None)
+    response = page.goto(url, wait_until="load")
+    page.wait_for_timeout(300)
+    page.evaluate("() => window.MathJax && MathJax.startup && MathJax.startup.promise ? "
+                  "MathJax.startup.promise.then(() => true) : true")  # equations typeset before we look
+    return page, response, errors
+
+
+def _layout_problems(layout: dict, desktop: bool) -> list[str]:
+    """What a reader would see wrong on a page, from :data:`LAYOUT_JS`'s record; empty when the page is fine."""
+    bad = []
+    if layout["scrollWidth"] > layout["viewport"] + 1:
+        bad.append(f"the page scrolls sideways ({layout['scrollWidth']} px in a {layout['viewport']} px window)")
+    bad += [f"wider than the page without a scroll container: {w}" for w in layout["wide"]]
+    if layout["raw"]:
+        bad.append(f"raw LaTeX delimiters in the text: {sorted(set(layout['raw']))}")
+    if layout["typeset"] < layout["math"]:
+        bad.append(f"only {layout['typeset']} of {layout['math']} equations typeset by MathJax")
+    if desktop:
+        bad += [f"figure {f['src']} shrunk to {f['shown']:.0f} of its {f['natural']} px: its text is smaller than the "
+                f"body text (draw it with ev2lib.book.subplots, at most two panels side by side)"
+                for f in layout["figures"] if f["shown"] < MIN_FIGURE_SCALE * f["natural"]]
+    return bad
 
 
 @pytest.fixture(scope="session")
-def visited(server, html_dir):
-    """Open every page of the toc (plus index.html) once; record what each test below checks."""
+def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is not installed at {CHROMIUM}: install Debian's browser with "
                     f"`apt-get update && apt-get install -y chromium` (do not run `playwright install`)")
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def visited(browser, server, html_dir):
+    """Open every page of the toc (plus index.html) once per width; record what each test below checks, and save
+    a full-page screenshot of each under _build/screenshots/."""
     out = {}
     origin = urlparse(server).netloc
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for doc in ["index"] + PAGES:
-            page = browser.new_page()  # one page per document: no listener or late error leaks between them
-            # Nothing outside this machine is reachable: fail external requests at once instead of waiting on DNS.
-            page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).netloc == origin
-                       else route.abort())
-            errors = []
-            page.on("console", lambda m, e=errors: e.append(("console", m.text, m.location.get("url", "")))
-                    if m.type == "error" else None)
-            page.on("pageerror", lambda exc, e=errors: e.append(("pageerror", str(exc), "")))
-            page.on("requestfailed", lambda r, e=errors: e.append(("requestfailed", r.failure or "", r.url)))
-            page.on("response", lambda r, e=errors: e.append(("http", str(r.status), r.url)) if r.status >= 400
-                    else None)
-            response = page.goto(f"{server}/{doc}.html", wait_until="load")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for doc in ["index"] + PAGES:
+        for view, width in WIDTHS.items():
+            page, response, errors = _open(browser, f"{server}/{doc}.html", width, origin)
             if doc == "index":  # a redirect to the root page: check where it points, do not evaluate it
-                out[doc] = dict(status=response.status, errors=[], broken=[], links=[], figures=0,
+                out[doc] = dict(status=response.status, errors=[], broken=[], links=[], figures=0, layout={},
                                 text=(html_dir / "index.html").read_text())
                 page.close()
-                continue
-            page.wait_for_timeout(300)
-            info = page.evaluate("""() => ({
-                title: document.title,
-                broken: [...document.images].filter(i => i.complete && i.naturalWidth === 0).map(i => i.src),
-                figures: [...document.querySelectorAll('.cell_output img')].filter(i => i.naturalWidth > 0).length,
-                links: [...document.querySelectorAll('a[href]')].map(a => a.href),
-                text: document.body.innerText,
-            })""")
-            info.update(status=response.status if response else None, errors=errors)
-            out[doc] = info
+                break
+            info = out.setdefault(doc, {"layout": {}, "errors": []})
+            info["errors"] += errors
+            if view == "desktop":
+                info.update(page.evaluate("""() => ({
+                    title: document.title,
+                    broken: [...document.images].filter(i => i.complete && i.naturalWidth === 0).map(i => i.src),
+                    figures: [...document.querySelectorAll('.cell_output img')].filter(i => i.naturalWidth > 0).length,
+                    links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+                    text: document.body.innerText,
+                })"""), status=response.status if response else None)
+            info["layout"][view] = page.evaluate(LAYOUT_JS)
+            page.screenshot(path=str(SCREENSHOTS / f"{doc.replace('/', '_')}-{view}.jpg"), full_page=True, type="jpeg",
+                            quality=60)
             page.close()
-        browser.close()
     return out
 
 
@@ -129,6 +195,62 @@ def _unexpected(errors):
             continue
         bad.append((kind, text, url))
     return bad
+
+
+@pytest.mark.slow
+def test_pages_are_legible_at_desktop_and_phone_width(visited):
+    for doc, info in visited.items():
+        for view, layout in info["layout"].items():
+            bad = _layout_problems(layout, desktop=view == "desktop")
+            assert not bad, f"{doc}.html at {WIDTHS[view]} px: " + "; ".join(bad)
+    typeset = {doc: info["layout"]["desktop"]["typeset"] for doc, info in visited.items() if info["layout"]}
+    assert typeset.get("book/nas", 0) > 0, f"the reward equation in nas is not typeset offline: {typeset}"
+    shots = sorted(p.name for p in SCREENSHOTS.glob("*.jpg"))
+    assert len(shots) == 2 * len(PAGES), f"screenshots missing in {SCREENSHOTS}: {shots}"
+
+
+@pytest.mark.slow
+def test_the_checks_catch_a_raw_equation_and_a_three_panel_figure(browser, server, html_dir, tmp_path):
+    """Negative controls: a copy of a real chapter page with a planted raw $$ equation, and one with a planted
+    three-panel figure drawn at a legible size, must each fail the layout checks (and the unplanted copy pass)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ev2lib import book
+
+    chapter = html_dir / f"{CHAPTERS[0]}.html"
+    page_html = chapter.read_text()
+    assert "<article" in page_html, f"{chapter} has no <article>: the layout checks need the theme's page structure"
+    with matplotlib.rc_context():
+        book.style()
+        fig, _ = plt.subplots(1, 3, figsize=(3 * book.TEXT_WIDTH / 2, 3.4))  # three legible half-width panels
+        fig.savefig(chapter.parent / "_planted_wide.png")
+        plt.close(fig)
+    # The equation plant is the failure this check exists for: MathJax from a CDN, unreachable offline, leaves it raw.
+    cdn = "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"
+    plants = {"clean": ("", ""), "equation": ("<p>The reward is $$A \\cdot S^w \\cdot P^v$$ here.</p>", cdn),
+              "figure": ('<div class="cell_output docutils container"><img alt="planted" src="_planted_wide.png" />'
+                         '</div>', "")}
+    origin = urlparse(server).netloc
+    found = {}
+    try:
+        for name, (plant, mathjax) in plants.items():
+            html = page_html.replace("</article>", plant + "</article>", 1)
+            if mathjax:
+                html, n = re.subn(r'src="[^"]*_static/mathjax/tex-chtml\.js"', f'src="{mathjax}"', html)
+                assert n == 1, "the chapter page does not load MathJax from _static/mathjax (sphinx-mathjax-offline)"
+            (chapter.parent / f"_planted_{name}.html").write_text(html)
+            page, _, _ = _open(browser, f"{server}/{CHAPTERS[0].rsplit('/', 1)[0]}/_planted_{name}.html", 1280, origin)
+            found[name] = _layout_problems(page.evaluate(LAYOUT_JS), desktop=True)
+            page.close()
+    finally:
+        for f in chapter.parent.glob("_planted_*"):
+            f.unlink()
+    assert found["clean"] == [], found["clean"]
+    assert any("raw LaTeX" in b for b in found["equation"]), found["equation"]
+    assert any("_planted_wide.png" in b and "shrunk" in b for b in found["figure"]), found["figure"]
 
 
 @pytest.mark.slow
