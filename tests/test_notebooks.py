@@ -20,12 +20,14 @@ import set_repo_url  # noqa: E402
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 INSTALL_CELL = '''# Install ev2lib on a fresh runtime (Colab); does nothing where it is already importable.
 import importlib.util, os, subprocess, sys
+REPO = "{url}"  # set by ci/set_repo_url.py from _config.yml
 if importlib.util.find_spec("ev2lib") is None:
-    REPO = "{url}"  # set by ci/set_repo_url.py from _config.yml
     subprocess.run(["git", "clone", "--depth", "1", REPO, "ev2book"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "ev2book[book]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "ev2book[chapters]"], check=True)
     sys.path.insert(0, "ev2book")
     os.environ.setdefault("EV2_RESULTS_DIR", "ev2book/data/results")  # the clone's reference results'''
+QUESTION = re.compile(r"^\*\*Question:\*\* (.+?) \*Paper:\* (.+?)\.$", re.M)
+PLOTTING = re.compile(r"\bplt\.|\bsns\.|book\.subplots\(|\.plot\(|\bax\.|\baxes\b")
 
 
 def _ids(paths):
@@ -61,6 +63,8 @@ def test_chapter_conventions(path):
     url, _ = set_repo_url.repository()
     assert install.cell_type == "code" and install.source.strip() == INSTALL_CELL.format(url=url), \
         f"{path.name}: cell 3 must be the guarded install cell, exactly (see the chapter conventions)"
+    assert "remove-cell" in params.metadata.get("tags", []) and "remove-cell" in install.metadata.get("tags", []), \
+        f"{path.name}: the parameters and install cells are plumbing: tag them 'remove-cell'"
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     for banned in ("matplotlib.use(", "MPLBACKEND", "tqdm.notebook"):
         assert banned not in code, f"{path.name}: {banned!r} is not allowed in chapters"
@@ -104,3 +108,66 @@ def test_set_repo_url_rewrites_every_place(tmp_path):
     nb = nbformat.read(tmp_path / "book" / "anatomy.ipynb", as_version=4)
     assert 'REPO = "https://github.com/someone/fork-of-book"' in nb.cells[2].source
     json.loads((tmp_path / "book" / "anatomy.ipynb").read_text())  # still valid JSON
+
+
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_chapter_follows_the_template(path):
+    """Title and question; a "run it" box; the body; "What we found" in numbers; exercises with hidden solutions."""
+    nb = nbformat.read(path, as_version=4)
+    assert QUESTION.search(nb.cells[0].source), \
+        f"{path.name}: the title cell needs a line '**Question:** <one sentence> *Paper:* <sections, tables>.'"
+    box = nb.cells[3]
+    assert box.cell_type == "code" and f'book.run_box("{path.stem}", REPO)' in box.source \
+        and "remove-input" in box.metadata.get("tags", []), \
+        f"{path.name}: cell 4 must be the run-it box, book.run_box(\"{path.stem}\", REPO), tagged 'remove-input'"
+    heads = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"]
+    found = [i for i, c in heads if c.source.startswith("## What we found")]
+    exercises = [i for i, c in heads if c.source.startswith("## Exercises")]
+    assert found and exercises and found[0] < exercises[0], \
+        f"{path.name}: end with '## What we found' then '## Exercises'"
+    summary = [c for c in nb.cells[found[0] + 1:exercises[0]] if c.cell_type == "code"]
+    assert any("book.findings(" in c.source and "remove-input" in c.metadata.get("tags", []) for c in summary), \
+        f"{path.name}: 'What we found' states the results with book.findings([...]) in a cell tagged 'remove-input'"
+    after = nb.cells[exercises[0]:]
+    asked = sum(c.cell_type == "markdown" and bool(re.search(r"^\*\*Exercise \d+", c.source, re.M)) for c in after)
+    hidden = sum((c.cell_type == "markdown" and ":class: dropdown" in c.source)
+                 or (c.cell_type == "code" and "hide-cell" in c.metadata.get("tags", [])) for c in after)
+    assert asked >= 2 and hidden >= asked, \
+        f"{path.name}: at least two '**Exercise N**' with a hidden solution each ({asked} asked, {hidden} hidden)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_chapter_figures_are_legible_and_plumbing_is_quiet(path):
+    """Figures through ev2lib.book's style (text >= book.FONT_PT, at most two panels side by side, no wider than
+    the text column); plotting code collapsed ('hide-input'); the browser test checks the rendered result."""
+    from ev2lib import book
+
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in _code(nb))
+    assert "book.style()" in code and "set_theme(" not in code, f"{path.name}: call book.style() once, not set_theme"
+    for m in re.finditer(r"fontsize=(\d+(?:\.\d+)?)", code):
+        assert float(m.group(1)) >= book.FONT_PT, f"{path.name}: fontsize={m.group(1)} is below book.FONT_PT"
+    for m in re.finditer(r"figsize=\((\d+(?:\.\d+)?)", code):
+        assert float(m.group(1)) <= book.TEXT_WIDTH, \
+            f"{path.name}: figsize width {m.group(1)} in is wider than the text column (book.TEXT_WIDTH)"
+    for cell in _code(nb):  # image grids (imshow small multiples, no axis text) may hold up to four a row
+        for m in re.finditer(r"plt\.subplots\(\s*(?:nrows=)?(\d+)\s*,\s*(?:ncols=)?(\d+)", cell.source):
+            limit = 4 if "imshow(" in cell.source else 2
+            assert int(m.group(2)) <= limit, f"{path.name}: plt.subplots({m.group(1)}, {m.group(2)}): at most " \
+                                             f"{limit} panels a row"
+    loud = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and PLOTTING.search(c.source)
+            and not {"hide-input", "remove-input", "hide-cell", "remove-cell"} & set(c.metadata.get("tags", []))]
+    assert not loud, f"{path.name}: cells {loud} draw figures: tag them 'hide-input' (the figure stays, the code folds)"
+
+
+def test_intro_lists_each_chapter_with_its_question():
+    intro = (ROOT / "book" / "intro.md").read_text()
+    for chapter in build_book.chapters(ROOT):
+        nb = nbformat.read(ROOT / chapter, as_version=4)
+        title = nb.cells[0].source.split("\n", 1)[0].lstrip("# ").strip()
+        question = QUESTION.search(nb.cells[0].source).group(1)
+        assert f"[{title}]({Path(chapter).name}): {question}" in intro, f"intro.md lacks '{title}' with its question"
