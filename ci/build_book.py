@@ -9,7 +9,8 @@
 2. Execute every notebook listed in ``_toc.yml`` with ``papermill -k python3 -p profile <profile>``, working
    directory = the staged ``book/``, each under a wall-clock budget (a killed chapter fails the build), and report
    a table of chapter, profile, seconds. An executed notebook with an error output fails the build with the
-   chapter's name and the failing cell; papermill's ``injected-parameters`` cell is retagged ``hide-cell``.
+   chapter's name and the failing cell; papermill's ``injected-parameters`` cell is retagged ``remove-cell`` (plumbing: every live
+   number's caption names the profile).
 3. ``jupyter-book build _build/book_exec --all -W -n --keep-going`` (execution off): any warning fails.
 
 Exit status 0 and the path of ``index.html`` on success; 1 and a one-line reason per failure otherwise.
@@ -127,12 +128,13 @@ def check_executed(path: Path, chapter: str) -> None:
 
 
 def retag_parameters(path: Path) -> None:
-    """Hide papermill's ``injected-parameters`` cell (the profile the book was executed with) behind a toggle."""
+    """Remove papermill's ``injected-parameters`` cell from the page, like the chapter's own parameters cell (the
+    captions of live numbers name the profile)."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "hide-cell" not in tags:
-            cell.metadata["tags"] = tags + ["hide-cell"]
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
     nbformat.write(nb, path)
 
 

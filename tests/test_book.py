@@ -340,3 +340,14 @@ def test_toc_parsing_and_report(tmp_path):
     p = tmp_path / "_toc.yml"
     p.write_text(text)
     assert build_book.toc_files(p) == ["book/intro", "book/a", "book/b"]
+
+
+def test_injected_parameters_are_removed_from_the_page(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    injected = nbformat.v4.new_code_cell('profile = "smoke"')
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# T"), injected, nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    build_book.retag_parameters(tmp_path / "t.ipynb")
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(tmp_path / "t.ipynb", as_version=4).cells]
+    assert tags == [[], ["injected-parameters", "remove-cell"], []]
