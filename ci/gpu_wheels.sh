@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Download every wheel the GPU kit (ci/gpu_book.sh) installs, so that the kit never needs a package index:
+#   bash ci/gpu_wheels.sh          # -> .gpu_kit/wheels/cp312 and .gpu_kit/wheels/local (an ignored folder)
+#
+# cp312: for the GPU machine (CPython 3.12, manylinux x86-64), what it lacks to execute chapters with papermill:
+#        papermill, ipykernel, ipywidgets and everything they need (ci/gpu_kit.txt), a few MB that travel with the
+#        checkout. torch, torchvision, numpy, pandas, matplotlib, seaborn and tqdm are taken from the machine.
+# local: for this machine's Python, the rehearsal's fresh virtual environment (ci/gpu_book.sh --rehearse):
+#        torch and torchvision at an older pin than ci/requirements.txt (ev2lib supports torch >= 2.3), what the
+#        chapters import, and the kit's own packages.
+# Run it where pip reaches a package index (this project's machines: the registries); the kit itself never does.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${1:-$ROOT/.gpu_kit/wheels}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+REHEARSAL_TORCH="${REHEARSAL_TORCH:-torch==2.13.0 torchvision==0.28.0}"  # older than the pins; local wheels here
+KIT="$ROOT/ci/gpu_kit.txt"
+mkdir -p "$OUT/cp312" "$OUT/local"
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
+echo "[gpu_wheels] cp312 (the GPU machine): $(grep -v '^#' "$KIT" | xargs)"
+quiet "$PY" -m pip download --quiet --dest "$OUT/cp312" --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -r "$KIT"
+# The machine already has these (in versions that satisfy the kit); two versions of one package stop an install.
+for have in numpy pandas matplotlib seaborn tqdm torch torchvision pillow; do
+  rm -f "$OUT/cp312/${have}"-[0-9]*.whl "$OUT/cp312/${have^}"-[0-9]*.whl
+done
+
+echo "[gpu_wheels] local ($("$PY" -c 'import sys; print(sys.version.split()[0])')): $REHEARSAL_TORCH, the chapters' imports, the kit"
+# shellcheck disable=SC2086
+quiet "$PY" -m pip download --quiet --dest "$OUT/local" --only-binary=:all: $REHEARSAL_TORCH -r "$KIT" \
+  "matplotlib>=3.5" "seaborn>=0.11" "pandas>=1.3" "tqdm>=4.60" "numpy>=1.23"
+
+for d in cp312 local; do
+  dups=$(ls "$OUT/$d" | sed -E 's/-[0-9].*//' | tr 'A-Z-' 'a-z_' | sort | uniq -d)
+  if [ -n "$dups" ]; then echo "error: two versions of $dups in $OUT/$d: delete the folder and rerun" >&2; exit 1; fi
+  echo "[gpu_wheels] $OUT/$d: $(ls "$OUT/$d" | wc -l) wheels, $(du -sh "$OUT/$d" | cut -f1)"
+done
