@@ -7,8 +7,7 @@ One concept per module, in the paper's words:
 
 * the network: ``configs`` (Table 4 stage tables), ``scaling`` (compound scaling and rounding), ``blocks``
   (MBConv, Fused-MBConv), ``model`` (the builder), ``weights`` (published checkpoints);
-* measuring it: ``summary`` (params, MACs, FLOPs, activation memory), ``bench`` (speed and memory), ``fast_path``
-  (ev2lib's training step on an accelerator next to torchvision's);
+* measuring it: ``summary`` (params, MACs, FLOPs, activation memory), ``bench`` (speed and memory);
 * training it: ``data`` (input pipeline), ``train`` (the loop), ``progressive`` (Algorithm 1), ``ablations``
   (Tables 5, 12, 13), ``nas`` (training-aware search and its reward);
 * plumbing: ``errors`` (every exception), ``files`` (atomic writes), ``results`` (reference results with
