@@ -5,16 +5,16 @@
 # cp312: for the GPU machine (CPython 3.12, manylinux x86-64), what it lacks to execute chapters with papermill:
 #        papermill, ipykernel, ipywidgets and everything they need (ci/gpu_kit.txt), a few MB that travel with the
 #        checkout. torch, torchvision, numpy, pandas, matplotlib, seaborn and tqdm are taken from the machine.
-# local: for this machine's Python, the rehearsal's fresh virtual environment (ci/gpu_book.sh --rehearse):
-#        torch and torchvision at an older pin than ci/requirements.txt (ev2lib supports torch >= 2.3), what the
-#        chapters import, and the kit's own packages.
+# local: for this machine's Python, the rehearsal's fresh virtual environment (ci/gpu_book.sh --rehearse): what the
+#        chapters import and the kit's own packages. The rehearsal takes torch and torchvision (the pins of
+#        ci/requirements.txt) from pip's own sources, local wheels on this project's machines. An older pin was tried:
+#        the local torch 2.13.0+cpu wheel has no matching CPU torchvision here (0.28.0 fails to load its operators).
 # Run it where pip reaches a package index (this project's machines: the registries); the kit itself never does.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/.gpu_kit/wheels}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-REHEARSAL_TORCH="${REHEARSAL_TORCH:-torch==2.13.0 torchvision==0.28.0}"  # older than the pins; local wheels here
 KIT="$ROOT/ci/gpu_kit.txt"
 mkdir -p "$OUT/cp312" "$OUT/local"
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
@@ -28,9 +28,8 @@ for have in numpy pandas matplotlib seaborn tqdm torch torchvision pillow; do
   rm -f "$OUT/cp312/${have}"-[0-9]*.whl "$OUT/cp312/${have^}"-[0-9]*.whl
 done
 
-echo "[gpu_wheels] local ($("$PY" -c 'import sys; print(sys.version.split()[0])')): $REHEARSAL_TORCH, the chapters' imports, the kit"
-# shellcheck disable=SC2086
-quiet "$PY" -m pip download --quiet --dest "$OUT/local" --only-binary=:all: $REHEARSAL_TORCH -r "$KIT" \
+echo "[gpu_wheels] local ($("$PY" -c 'import sys; print(sys.version.split()[0])')): the chapters' imports, the kit"
+quiet "$PY" -m pip download --quiet --dest "$OUT/local" --only-binary=:all: -r "$KIT" \
   "matplotlib>=3.5" "seaborn>=0.11" "pandas>=1.3" "tqdm>=4.60" "numpy>=1.23"
 
 for d in cp312 local; do
