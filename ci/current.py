@@ -3,7 +3,8 @@ recorded from code that HEAD still has, and 1 (with one line saying why) when ci
 again.
 
 "The code" of a result is the module its command runs (``python -m ev2lib.X``) and every ev2lib module that module
-imports, directly or inside a function, followed through the package's own import statements; plus the pinned
+imports, directly or inside a function, followed through the package's own import statements, except the plumbing
+that labels and stores a result without computing it (:data:`PLUMBING`: ``results``, ``errors``); plus the pinned
 versions (ci/requirements.txt) of the packages ev2lib runs on (:data:`RUNTIME`): a new pin of the book's tooling or
 of a test-only package leaves every result current. A change to the NAS search leaves the ablations' results current, so a
 reference run stopped in one session and continued after a commit in another records only what the change touched.
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "ev2lib"
 RUNTIME = ("torch", "torchvision", "numpy", "tqdm")  # pyproject.toml's dependencies: what a measurement runs on
+PLUMBING = ("results", "errors")  # provenance, saving, exceptions: a change there changes no measured value
 
 
 def runtime_pins(text: str) -> dict[str, str]:
@@ -61,7 +63,7 @@ def stale_because(name: str) -> str | None:
     if "-m" not in words or not words[words.index("-m") + 1].startswith("ev2lib."):
         return f"its command {record['command']!r} does not run an ev2lib module"
     module = words[words.index("-m") + 1].split(".", 1)[1]
-    paths = [f"ev2lib/{m}.py" for m in sorted(imported_modules(module))]
+    paths = [f"ev2lib/{m}.py" for m in sorted(imported_modules(module) - set(PLUMBING))]
     commit = record["provenance"]["git_commit"]
     diff = subprocess.run(["git", "diff", "--name-only", commit, "HEAD", "--", *paths], cwd=ROOT,
                           capture_output=True, text=True)

@@ -368,7 +368,9 @@ def main(argv=None) -> list[dict]:
     for t in args.table:
         if t not in TABLES:
             raise ConfigError(f"--table must be among {TABLES}, got {t}")
-    if args.save and args.profile == "smoke":
+    from . import results
+
+    if args.save and args.profile == "smoke" and not results.is_rehearsal():
         raise ConfigError("a smoke run is never saved: use --profile cpu-reference, colab or full with --save")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -330,7 +330,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-inference", action="store_true", help="skip inference throughput and latency")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--save", default=None, help="write data/results/NAME.json (needs --profile)")
-    p.add_argument("--profile", default=None, choices=["cpu-reference", "colab", "full"])
+    p.add_argument("--profile", default=None, choices=["smoke", "cpu-reference", "colab", "full"],
+                   help="smoke is saved only into a rehearsal's results folder (ev2lib.results.is_rehearsal)")
     return p
 
 

@@ -103,7 +103,8 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--no-compile", action="store_true", help="drop torch.compile from every setting")
     p.add_argument("--save", default=None, help="write <results>/NAME.json (needs --profile colab or full)")
-    p.add_argument("--profile", default=None, choices=["colab", "full"])
+    p.add_argument("--profile", default=None, choices=["smoke", "colab", "full"],
+                   help="smoke is saved only into a rehearsal's results folder (ci/gpu_book.py --rehearse)")
     args = p.parse_args(argv)
     if args.save and not args.profile:
         raise ConfigError("--save needs --profile colab or full (a GPU measurement)")

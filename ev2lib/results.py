@@ -5,8 +5,9 @@ A result is one JSON file in ``data/results/<name>.json``::
     {"schema_version": 1, "name": ..., "profile": "colab" | "full" | "cpu-reference", "command": ...,
      "config": {...}, "provenance": {git_commit, git_dirty, date, hardware, device_type, versions}, "data": {...}}
 
-``save`` refuses a ``smoke`` profile (smoke runs prove the code works; they are never results), ``validate``
-checks a record, ``load`` reads one.
+``save`` refuses a ``smoke`` profile (smoke runs prove the code works; they are never results) except in a folder
+marked as a rehearsal's (a file named :data:`REHEARSAL` in it: ci/gpu_book.py --rehearse writes its smoke records
+there), ``validate`` checks a record, ``load`` reads one.
 
 Where: the ``directory`` argument, else ``$EV2_RESULTS_DIR``, else ``data/results`` in the current folder or the
 nearest parent folder that has one (so a chapter run from ``book/`` finds the repository's ``data/results``).
@@ -31,6 +32,7 @@ SCHEMA_VERSION = 1
 PROFILES = ("smoke", "cpu-reference", "colab", "full")
 RESULT_PROFILES = PROFILES[1:]
 REQUIRED_PROVENANCE = ("git_commit", "git_dirty", "date", "hardware", "device_type", "versions")
+REHEARSAL = "REHEARSAL"  # a file of this name marks a rehearsal's results folder: smoke records may go there only
 
 
 def results_dir(directory: str | Path | None = None) -> Path:
@@ -97,15 +99,21 @@ def provenance(device: str | None = None, cwd: str | Path | None = None) -> dict
             "hardware": desc, "device_type": kind, "versions": versions}
 
 
-def validate(record: dict, name: str | None = None) -> dict:
-    """Check a result record's schema; raise :class:`ResultsError` naming the first problem."""
+def is_rehearsal(directory: str | Path | None = None) -> bool:
+    """True when the results folder (:func:`results_dir`) is marked as a rehearsal's (:data:`REHEARSAL`)."""
+    return (results_dir(directory) / REHEARSAL).is_file()
+
+
+def validate(record: dict, name: str | None = None, rehearsal: bool = False) -> dict:
+    """Check a result record's schema; raise :class:`ResultsError` naming the first problem. ``rehearsal``: a
+    smoke record, in a rehearsal's folder."""
     where = name or record.get("name", "result")
     for key in ("schema_version", "name", "profile", "command", "config", "provenance", "data"):
         if key not in record:
             raise ResultsError(f"{where}: missing field {key!r}")
     if record["schema_version"] != SCHEMA_VERSION:
         raise ResultsError(f"{where}: schema_version {record['schema_version']} is not {SCHEMA_VERSION}")
-    if record["profile"] not in RESULT_PROFILES:
+    if record["profile"] not in (PROFILES if rehearsal else RESULT_PROFILES):
         raise ResultsError(f"{where}: profile {record['profile']!r} is not a result profile {RESULT_PROFILES}")
     if not isinstance(record["command"], str) or not record["command"].strip():
         raise ResultsError(f"{where}: 'command' must say how to reproduce the result")
@@ -128,18 +136,21 @@ def validate(record: dict, name: str | None = None) -> dict:
 
 def save(name: str, data: dict, *, config: dict, command: str, profile: str, device: str | None = None,
          directory: str | Path | None = None) -> Path:
-    """Write ``<results dir>/<name>.json`` atomically with provenance. A ``smoke`` profile is refused."""
-    if profile == "smoke":
-        raise ResultsError("a smoke run is never saved as a result: rerun with a cpu-reference, colab or full profile")
+    """Write ``<results dir>/<name>.json`` atomically with provenance. A ``smoke`` profile is refused, except in a
+    rehearsal's folder (:func:`is_rehearsal`)."""
     out_dir = results_dir(directory)
+    rehearsal = is_rehearsal(out_dir)
+    if profile == "smoke" and not rehearsal:
+        raise ResultsError("a smoke run is never saved as a result: rerun with a cpu-reference, colab or full profile")
     record = {"schema_version": SCHEMA_VERSION, "name": name, "profile": profile, "command": command,
               "config": config, "provenance": provenance(device, cwd=out_dir if out_dir.is_dir() else None), "data": data}
-    validate(json.loads(json.dumps(record)), name)
+    validate(json.loads(json.dumps(record)), name, rehearsal=rehearsal)
     return atomic_write(out_dir / f"{name}.json", json.dumps(record, indent=1) + "\n")
 
 
 def load(name: str, directory: str | Path | None = None) -> dict:
-    """Read and validate the result ``name`` from the results folder (:func:`results_dir`)."""
+    """Read and validate the result ``name`` from the results folder (:func:`results_dir`); a rehearsal's folder
+    also yields its smoke records, so a rehearsal's chapters show what it recorded."""
     path = results_dir(directory) / f"{name}.json"
     if not path.exists():
         raise ResultsError(f"result {name!r} is not in {path.parent}: set EV2_RESULTS_DIR to the data/results folder "
@@ -148,7 +159,7 @@ def load(name: str, directory: str | Path | None = None) -> dict:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path} is not valid JSON ({e}); restore it with git checkout") from None
-    return validate(record, name)
+    return validate(record, name, rehearsal=is_rehearsal(directory))
 
 
 def list_results(directory: str | Path | None = None) -> list[str]:

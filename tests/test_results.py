@@ -39,6 +39,16 @@ def test_every_committed_result_is_valid():
     assert not problems, "\n".join(problems)
 
 
+def test_smoke_records_go_only_into_a_rehearsal_folder(tmp_path):
+    (tmp_path / results.REHEARSAL).write_text("rehearsal\n")
+    path = results.save("fast_path_gpu", {"a": [1]}, config={}, command="python -m x", profile="smoke",
+                        directory=tmp_path)
+    assert json.loads(path.read_text())["profile"] == "smoke" and results.is_rehearsal(tmp_path)
+    with pytest.raises(results.ResultsError, match="profile 'smoke'"):  # read as a result, it is not one
+        results.validate(json.loads(path.read_text()))
+    assert not (ROOT / "data" / "results" / results.REHEARSAL).exists(), "data/results must never be a rehearsal folder"
+
+
 def test_save_refuses_smoke(tmp_path):
     with pytest.raises(results.ResultsError, match="smoke"):
         results.save("x", {"a": [1]}, config={}, command="python -m x", profile="smoke", directory=tmp_path)
@@ -220,6 +230,7 @@ def test_reference_script_knows_which_code_each_result_depends_on():
     ablation = current.imported_modules("ablations")
     assert {"ablations", "train", "data", "model", "progressive", "files", "results", "__init__"} <= ablation
     assert not {"nas", "bench", "book"} & ablation  # a change to the search leaves the ablations current
+    assert set(current.PLUMBING) == {"results", "errors"}  # imported, but they label and store, not compute
     assert {"nas", "bench", "train", "model"} <= current.imported_modules("nas")
 
 
