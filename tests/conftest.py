@@ -1,4 +1,4 @@
-"""Shared helpers: a training run in a subprocess that a test can SIGKILL at a chosen step.
+"""Shared helpers: a training run in a subprocess that a test can SIGKILL at a chosen step, and one-thread torch.
 
 Fault injection lives here, not in the library: the child process passes ``ev2lib.train.train`` a callback that
 kills its own process after the given step.
@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -38,3 +41,12 @@ def train_subprocess(fields: dict, kill_at: int | None = None, progressive: dict
 
 def read_log(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine run several times faster so."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

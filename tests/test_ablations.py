@@ -18,13 +18,7 @@ TINY = dict(data="synthetic:160", train_subset=0, val_images=32, eval_subset=32,
             sizes=(8, 12, 12), num_phases=2, seeds=(0, 1), table5_seeds=(0,))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run several times faster so."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_cells_follow_the_paper_tables():
