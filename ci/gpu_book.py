@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     device = "cpu (rehearsal)" if args.rehearse else torch.cuda.get_device_name()
     log(f"[gpu_book] {device}; profile {profile}; sections {[s.name for s in plan(args.sections, args.minutes, args.rehearse)]}")
     for s in plan(args.sections, args.minutes, args.rehearse):
-        if not args.rehearse and current([f"{r}" for r in s.results]):
+        if not args.rehearse and current(s.results):
             kit.append({"section": s.name, "status": "skipped: current at this commit", "seconds": 0.0})
             continue
         budget, t0, status = (s.rehearse_budget if args.rehearse else s.budget), time.perf_counter(), "ok"
@@ -171,7 +171,8 @@ def main(argv=None) -> int:
             left = budget - (time.perf_counter() - t0)
             nb = out / "notebooks" / f"{ch}.ipynb"
             status, _ = run([sys.executable, "-m", "papermill", str(ROOT / "book" / f"{ch}.ipynb"), str(nb), "-k",
-                             "python3", "-p", "profile", profile, "--cwd", str(ROOT / "book")], left, log, env)
+                             "python3", "-p", "profile", profile, "-p", "cache", str(out / "runs"),  # the sections' runs
+                             "--cwd", str(ROOT / "book")], left, log, env)
             if status != "ok":
                 break
         kit.append({"section": s.name, "what": s.what, "status": status, "seconds": time.perf_counter() - t0,

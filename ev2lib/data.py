@@ -367,13 +367,20 @@ class TrainData:
 
     ``batch_size`` is per process; with DDP each rank keeps its slice of every global batch. ``crop`` is ``"rrc"``
     (official random resized crop) or ``"pad"`` (pad-4 random crop, the usual CIFAR augmentation).
+
+    ``augment_device`` (in-memory data only): keep the uint8 training images on that device (a GPU) and augment
+    each batch there with :mod:`ev2lib.device_augment` (the same distribution as the per-image CPU path, drawn from
+    the same per-step seed); None augments one image at a time on the CPU (:func:`augment`).
     """
 
     def __init__(self, train, test, num_classes: int, *, image_size: int, eval_size: int | None = None,
                  batch_size: int = 128, crop: str = "rrc", seed: int = 0, rank: int = 0, world: int = 1,
-                 num_workers: int = 0, source: str = "", val=None):
+                 num_workers: int = 0, source: str = "", val=None, augment_device=None):
         if crop not in CROPS:
             raise DataError(f"crop must be one of {CROPS}, got {crop!r}")
+        if augment_device is not None and not isinstance(train, tuple):
+            raise DataError("augmenting on the device needs in-memory data (cifar10, cifar100, synthetic); for "
+                            "image folders augment on the CPU (augment_on='cpu') with num_workers")
         self.train, self.val, self.test, self.num_classes, self.source = train, val, test, num_classes, source
         self.in_memory = isinstance(train, tuple)
         self.batch_size, self.crop, self.seed, self.rank, self.world = batch_size, crop, seed, rank, world
@@ -381,6 +388,9 @@ class TrainData:
         # The augmentation settings live in shared memory, so persistent workers see set_augment() at once.
         self.augment_state = torch.tensor([image_size] + [0.0] * (len(AUGMENT_FIELDS) - 1),
                                           dtype=torch.float64).share_memory_()
+        self.augment_device = None if augment_device is None else torch.device(augment_device)
+        if self.augment_device is not None:  # uint8 images: CIFAR-10's 50,000 take 150 MiB of GPU memory
+            self.train = (train[0].to(self.augment_device), train[1].to(self.augment_device))
         self.num_train = len(train[0]) if self.in_memory else len(train)
         if self.num_train < batch_size * world:
             raise DataError(f"{self.num_train} training images cannot fill one batch of {batch_size} on each of "
@@ -412,6 +422,9 @@ class TrainData:
         s, idx, gb = self.augmentation, self.order(epoch), self.batch_size * self.world
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         batches = self._file_batches(epoch, start_step, idx) if not self.in_memory else None
+        if self.augment_device is not None:
+            yield from self._device_batches(epoch, start_step, idx, mine)
+            return
         for i in range(start_step, self.steps_per_epoch):
             g = _step_generator(self.seed, epoch, i)
             seeds, mix_seed = _seeds(g, gb), _seeds(g, 1)[0]
@@ -424,6 +437,20 @@ class TrainData:
             else:
                 x, y = next(batches)
                 yield (i, *mix_batch(x, y, self.num_classes, s["mixup_alpha"], s["cutmix_alpha"], mix_seed))
+
+    def _device_batches(self, epoch: int, start_step: int, idx: torch.Tensor, mine: slice):
+        """train_batches on ``augment_device``: the global batch augmented and mixed there, then this rank's slice."""
+        from . import device_augment
+
+        s, (xs, ys), gb = self.augmentation, self.train, self.batch_size * self.world
+        idx = idx.to(self.augment_device)
+        for i in range(start_step, self.steps_per_epoch):
+            batch_seed, mix_seed = _seeds(_step_generator(self.seed, epoch, i), 2)
+            b = idx[i * gb:(i + 1) * gb]
+            x = device_augment.augment_batch(xs[b], batch_seed, image_size=s["image_size"], crop=self.crop,
+                                             randaug_magnitude=s["randaug_magnitude"], cutout=s["cutout"])
+            x, y = device_augment.mix_batch(x, ys[b], self.num_classes, s["mixup_alpha"], s["cutmix_alpha"], mix_seed)
+            yield i, x[mine], y[mine]
 
     def _file_batches(self, epoch: int, start_step: int, idx: torch.Tensor):
         if self._loader is None:
@@ -544,7 +571,7 @@ def _hold_out(n_total: int, n: int) -> tuple[list[int], list[int]]:
 def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch_size: int = 128, crop: str = "rrc",
               root: str | Path | None = None, download: bool = True, train_subset: int = 0, eval_subset: int = 0,
               val_images: int = 0, classes="", seed: int = 0, rank: int = 0, world: int = 1,
-              num_workers: int = 0) -> TrainData:
+              num_workers: int = 0, augment_device=None) -> TrainData:
     """Build :class:`TrainData` for a dataset name (see :data:`DATASETS`).
 
     ``cifar10`` uses the shared offline archive when ``$EV2_DATA_DIR`` has it, else torchvision's download.
@@ -552,13 +579,13 @@ def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch
     validation split (the same for every seed); then ``train_subset`` / ``eval_subset`` keep that many of the rest
     of the training images / of the test images. ``classes`` (e.g. ``"5-9"``, in-memory datasets) keeps those
     classes only, relabelled from 0, in every split; the validation hold-out is drawn before, so a run on classes
-    0-4 and one on 5-9 never share an image.
+    0-4 and one on 5-9 never share an image. ``augment_device``: see :class:`TrainData`.
     """
     wanted = parse_classes(classes)
     name = str(name).lower()
     root = Path(root or os.environ.get("EV2_DATASETS", "datasets"))
     kw = dict(image_size=image_size, eval_size=eval_size, batch_size=batch_size, crop=crop, seed=seed, rank=rank,
-              world=world, num_workers=num_workers)
+              world=world, num_workers=num_workers, augment_device=augment_device)
     found = _in_memory(name, root, download)
     if found is not None:
         tr, te, num_classes, source = found

@@ -11,6 +11,11 @@ on the same batch of random images:
 * ``torchvision eager fp32``: torchvision's ``efficientnet_v2_s`` as a reader first runs it;
 * ``torchvision, same settings``: torchvision's with the same three settings as ev2lib's.
 
+The input pipeline is measured beside them (:func:`data_time`): a batch of 32 px uint8 images already on the
+device, augmented as the training recipe does (random resized crop to the step's size, flip, RandAugment 10,
+mixup + CutMix; :mod:`ev2lib.device_augment`). Its time over (its time + the ev2lib step's) is the data share of a
+training step (issue 12's goal: under 10 % on the GPU).
+
 The ratios of their median throughputs are the result (issue 12's goals: at least 2.0x the eager torchvision step and
 at least 1.0x torchvision with the same settings). ``torch.compile`` spends its time in the first steps: that time is
 reported on its own (``compile_seconds``) and never enters a throughput.
@@ -77,6 +82,28 @@ def measure(implementation: str, dtype: str, channels_last: bool, compile: bool,
     return out
 
 
+def data_time(batch_size: int, image_size: int, device: str, repeats: int = 20, warmup: int = 3,
+              source_size: int = 32, pool: int = 4096) -> dict:
+    """Seconds per batch of the device-resident input pipeline: pick ``batch_size`` of ``pool`` uint8
+    (3, source_size, source_size) images on ``device`` (CIFAR-10 kept on the GPU), random resized crop to
+    ``image_size``, flip, RandAugment 10, then mixup (alpha 0.8) on half the batch and CutMix (1.0) on the other."""
+    from . import device_augment
+    from .data import synthetic
+
+    xs, ys = (t.to(device) for t in synthetic(pool, 1000, source_size, seed=0))
+    step = iter(range(10**9))
+
+    def batch():
+        i = next(step)
+        b = torch.randint(pool, (batch_size,), generator=torch.Generator().manual_seed(i)).to(device)
+        x = device_augment.augment_batch(xs[b], i, image_size=image_size, crop="rrc", randaug_magnitude=10)
+        return device_augment.mix_batch(x, ys[b], 1000, 0.8, 1.0, seed=i)
+
+    times = time_calls(batch, repeats=repeats, warmup=warmup, device=device)
+    return {"seconds": spread(times), "batch_size": batch_size, "image_size": image_size, "source_size": source_size,
+            "augmentation": "rrc + flip + RandAugment 10 + mixup 0.8 / CutMix 1.0"}
+
+
 def fast_path(batch_size: int = 128, image_size: int = 224, device: str | None = None, repeats: int = 20,
               warmup: int = 5, compile: bool = True) -> dict:
     """Measure every setting of :data:`SETTINGS` (``compile=False`` drops torch.compile from all of them) and the
@@ -88,10 +115,15 @@ def fast_path(batch_size: int = 128, image_size: int = 224, device: str | None =
         runs[name] = measure(impl, dtype, cl, comp and compile, batch_size, image_size, device, repeats, warmup)
         runs[name]["wall_seconds"] = time.perf_counter() - t0
     med = {name: r["train_img_s"]["median"] for name, r in runs.items()}
+    data = data_time(batch_size, image_size, device, repeats, warmup)
+    step_s = batch_size / med["ev2lib"]
+    data["share_of_ev2lib_step"] = data["seconds"]["median"] / (data["seconds"]["median"] + step_s)
     return {"device": device, "batch_size": batch_size, "image_size": image_size, "compile": compile, "runs": runs,
+            "data": data,
             "ratios": {"ev2lib / torchvision eager fp32": med["ev2lib"] / med["torchvision eager fp32"],
                        "ev2lib / torchvision, same settings": med["ev2lib"] / med["torchvision, same settings"]},
-            "goals": {"ev2lib / torchvision eager fp32": 2.0, "ev2lib / torchvision, same settings": 1.0}}
+            "goals": {"ev2lib / torchvision eager fp32": 2.0, "ev2lib / torchvision, same settings": 1.0,
+                      "data share of the ev2lib step": 0.10}}
 
 
 def main(argv=None) -> dict:
@@ -112,6 +144,8 @@ def main(argv=None) -> dict:
     for name, r in rec["runs"].items():
         print(f"{name:28s} {r['train_img_s']['median']:10.1f} img/s  (first step {r['first_step_seconds']:.1f} s, "
               f"compile {r['compile_seconds']:.1f} s)")
+    print(f"input pipeline {rec['data']['seconds']['median'] * 1e3:.1f} ms a batch: "
+          f"{100 * rec['data']['share_of_ev2lib_step']:.1f}% of the ev2lib step (goal under 10%)")
     for k, v in rec["ratios"].items():
         print(f"{k}: {v:.2f}x (goal {rec['goals'][k]:.1f}x)")
     if args.save:

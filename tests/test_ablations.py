@@ -85,7 +85,18 @@ def test_table13_and_table5_summaries():
     s13 = summarize(13, [_cell("progressive + adaptive", [_run(0, 0.8, 0.8, 1), _run(1, 0.8, 0.8, 1)]),
                          _cell("progressive resize", [_run(1, 0.7, 0.7, 1), _run(2, 0.9, 0.9, 1)])])
     assert s13["test_acc_gain_adaptive_progressive"]["values"] == pytest.approx([0.1])  # only seed 1 is paired
-    assert "test_acc_gain_adaptive_random" not in s13
+    assert "test_acc_gain_adaptive_random" not in s13 and "tuned_baseline" not in s13
+    # With the fixed-size reference rows: the baseline is tuned on validation, each resize row is compared to it.
+    rows13 = [_cell("progressive + adaptive", [_run(s, 0.70, 0.66 + s / 100, 1) for s in (0, 1, 2)],
+                    resize="progressive", adaptive=True),
+              _cell("random resize", [_run(s, 0.60, 0.50, 1) for s in (0, 1, 2)], resize="random", adaptive=False),
+              _cell("fixed 32 px, weak", [_run(s, 0.72, 0.70, 1) for s in (0, 1, 2)], resize="none", level="weak"),
+              _cell("fixed 32 px, strong", [_run(s, 0.65, 0.90, 1) for s in (0, 1, 2)], resize="none", level="strong")]
+    s13 = summarize(13, rows13)
+    assert s13["tuned_baseline"] == "fixed 32 px, weak"  # best on validation, not on test
+    assert s13["test_acc_diff_progressive_adaptive_minus_tuned"]["values"] == pytest.approx([-0.04, -0.03, -0.02])
+    assert s13["test_acc_diff_random_constant_minus_tuned"]["mean"] == pytest.approx(-0.20)
+    assert not any("none" in k for k in s13)
     s5 = summarize(5, [_cell("a", [_run(0, 0.5, 0.9, 1)], image_size=16, randaug=5),
                        _cell("b", [_run(0, 0.6, 0.1, 1)], image_size=16, randaug=10),
                        _cell("c", [_run(0, 0.7, 0.1, 1)], image_size=32, randaug=5),
@@ -107,7 +118,9 @@ def test_tables_share_equal_runs_and_only_those():
     assert k7["V2-shaped, progressive + adaptive"] == k12["progressive + adaptive"] == k13["progressive + adaptive"]
     assert k7[f"V2-shaped, fixed {p.sizes[-1]} px, {p.table7_level}"] == k12[f"fixed {p.sizes[-1]} px, {p.table7_level}"]
     every = [k for d in (k5, k12, k13, k7) for k in d.values()]
-    assert len(set(every)) == len(every) - 4  # exactly the four shared runs above
+    assert [k13[f"fixed {p.sizes[-1]} px, {lv}"] for lv in p.levels] == [k12[f"fixed {p.sizes[-1]} px, {lv}"]
+                                                                         for lv in p.levels]  # Table 13's reference
+    assert len(set(every)) == len(every) - 7  # exactly the seven shared runs above
     assert ablations.run_key(p.model, cells(12, p)[0][2], 32, 1) != k12["progressive + adaptive"]  # seeds differ
 
 

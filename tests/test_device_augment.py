@@ -377,7 +377,68 @@ def test_on_cuda_everything_stays_on_the_gpu_without_host_syncs():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 6. Timing (printed, not asserted)
+# 6. In the training data: TrainData(augment_device=...), TrainConfig(augment_on="device")
+
+
+def _device_data(**kw):
+    td = data.load_data("synthetic:256", image_size=24, augment_device="cpu", **kw)
+    td.set_augment(randaug_magnitude=10, mixup_alpha=0.8, cutmix_alpha=1.0)
+    return td
+
+
+def test_train_data_on_the_device_replays_steps_and_splits_ranks():
+    one, r0, r1 = _device_data(batch_size=32), _device_data(batch_size=16, rank=0, world=2), \
+        _device_data(batch_size=16, rank=1, world=2)
+    torch.manual_seed(123)  # the global RNG plays no part
+    b = [next(d.train_batches(3, start_step=2)) for d in (one, r0, r1)]
+    i, x, y = b[0]
+    assert i == 2 and x.shape == (32, 3, 24, 24) and x.dtype == torch.float32 and y.shape == (32, 10)
+    assert torch.allclose(y.sum(1), torch.ones(32))
+    assert torch.equal(torch.cat([b[1][1], b[2][1]]), x) and torch.equal(torch.cat([b[1][2], b[2][2]]), y)
+    torch.manual_seed(456)
+    full = list(one.train_batches(3))  # the whole epoch from step 0 reaches step 2 with the same batch
+    assert torch.equal(full[2][1], x) and not torch.equal(full[3][1], x)
+    assert not torch.equal(next(one.train_batches(4, 2))[1], x)  # another epoch, other draws
+    cpu = data.load_data("synthetic:256", image_size=24, batch_size=32)  # the per-image path: the same images ...
+    cpu.set_augment(randaug_magnitude=10, mixup_alpha=0.8, cutmix_alpha=1.0)
+    assert not torch.equal(next(cpu.train_batches(3, 2))[1], x)  # ... other draws
+
+
+def test_train_data_on_the_device_follows_set_augment_and_keeps_uint8_without_mixing():
+    td = data.load_data("synthetic:256", image_size=32, batch_size=32, crop="pad", augment_device="cpu")
+    _, x, y = next(td.train_batches(0))
+    assert x.dtype == torch.uint8 and x.shape[-1] == 32 and y.dtype == torch.int64
+    td.set_augment(image_size=16, cutout=0.5)
+    assert next(td.train_batches(1))[1].shape == (32, 3, 16, 16)
+
+
+def test_augmenting_on_the_device_needs_in_memory_data():
+    files = [(None, 0)] * 64  # any map-style dataset that is not an in-memory (images, labels) pair
+    with pytest.raises(DataError, match="needs in-memory data"):
+        data.TrainData(files, files, 10, image_size=32, batch_size=8, augment_device="cpu")
+
+
+def test_a_training_run_augments_on_the_device_and_a_bad_choice_is_one_line(tmp_path):
+    from ev2lib.errors import ConfigError
+    from ev2lib.train import make_config, train
+
+    kw = dict(data="synthetic:256", epochs=1, batch_size=64, image_size=16, eval_subset=64, progress=False)
+    out = train(make_config("smoke", augment_on="device", out=str(tmp_path / "a"), **kw))
+    assert out["config"]["augment_on"] == "device" and out["steps"] == 4 and out["history"][-1]["test_acc"] >= 0
+    with pytest.raises(ConfigError, match="augment_on must be 'cpu' or 'device'"):
+        train(make_config("smoke", augment_on="gpu", out=str(tmp_path / "b"), **kw))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_data_on_cuda_yields_batches_on_the_gpu():
+    td = data.load_data("synthetic:256", image_size=24, batch_size=32, augment_device="cuda")
+    td.set_augment(randaug_magnitude=10, mixup_alpha=0.8)
+    _, x, y = next(td.train_batches(0))
+    assert x.is_cuda and y.is_cuda and td.train[0].is_cuda
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Timing (printed, not asserted)
 
 
 def test_timing_against_the_per_image_path(capsys):

@@ -29,6 +29,22 @@ def test_tiny_run_on_cpu_reports_every_setting_and_median_ratios():
         med["ev2lib"] / med["torchvision, same settings"])
     assert all(r["compile"] is False and r["compile_seconds"] == 0.0 for r in rec["runs"].values())
     assert rec["runs"]["ev2lib"]["dtype"] == "bf16" and rec["runs"]["torchvision eager fp32"]["dtype"] == "fp32"
+    d = rec["data"]  # the input pipeline's share: its time over its time plus the ev2lib step's
+    step = 2 / med["ev2lib"]
+    assert d["share_of_ev2lib_step"] == pytest.approx(d["seconds"]["median"] / (d["seconds"]["median"] + step))
+    assert d["batch_size"] == 2 and d["image_size"] == 32 and 0 < d["share_of_ev2lib_step"] < 1
+
+
+def test_data_time_times_the_augmentation_it_names(monkeypatch):
+    from ev2lib import device_augment
+
+    seen = []
+    real = device_augment.augment_batch
+    monkeypatch.setattr(device_augment, "augment_batch", lambda x, seed, **kw: seen.append((x.shape, kw)) or real(x, seed, **kw))
+    out = fast_path.data_time(batch_size=8, image_size=48, device="cpu", repeats=3, warmup=1, pool=64)
+    assert len(seen) == 4 and seen[0][0] == (8, 3, 32, 32)  # warm-up + 3 timed batches of 32 px sources
+    assert seen[0][1] == {"image_size": 48, "crop": "rrc", "randaug_magnitude": 10}
+    assert out["seconds"]["median"] > 0
 
 
 def test_save_without_a_gpu_profile_is_one_clear_line():

@@ -192,7 +192,7 @@ def test_amp_auto_picks_bf16_only_where_the_cpu_runs_it(monkeypatch):
 CHANGES = {
     "model": ("efficientnetv2_b0", {}),  # stride 32 at 16 px: the one-line InputSizeError
     "data": ("synthetic:512", {}), "epochs": (3, {}), "batch_size": (16, {}), "micro_batches": (2, {}),
-    "image_size": (24, {}), "eval_size": (24, {}), "crop": ("rrc", {}), "optimizer": ("rmsprop", {}), "lr": (0.1, {}),
+    "image_size": (24, {}), "eval_size": (24, {}), "crop": ("rrc", {}), "augment_on": ("device", {}), "optimizer": ("rmsprop", {}), "lr": (0.1, {}),
     "momentum": (0.5, {}), "nesterov": (False, {}), "weight_decay": (0.05, {}), "lr_schedule": ("constant", {}),
     "warmup_epochs": (0.5, {}), "decay_rate": (0.5, {"lr_schedule": "exponential", "decay_epochs": 0.5}),
     "decay_epochs": (0.5, {"lr_schedule": "exponential"}), "label_smoothing": (0.3, {}), "ema_decay": (0.9, {}),
