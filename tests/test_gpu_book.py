@@ -60,3 +60,12 @@ def test_without_a_gpu_the_kit_says_to_rehearse(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "ci" / "gpu_book.py"), str(tmp_path)], capture_output=True,
                           text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
     assert proc.returncode != 0 and "--rehearse" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_chapter_times_accumulate_into_the_result_the_run_box_reads(tmp_path):
+    gpu_book.record_chapter_time(tmp_path, "bottlenecks", 61.04, "colab", "cpu")
+    gpu_book.record_chapter_time(tmp_path, "fused_mbconv", 30.0, "colab", "cpu")
+    gpu_book.record_chapter_time(tmp_path, "bottlenecks", 75.0, "colab", "cpu")  # a rerun replaces its own time
+    record = results.load("book_times_gpu", directory=tmp_path)
+    assert record["data"]["chapters"] == {"bottlenecks": 75.0, "fused_mbconv": 30.0} and record["profile"] == "colab"
+    assert [s.name for s in gpu_book.SECTIONS if s.reuses_runs] == ["v1_v2"]  # its chapter reuses the trained runs
