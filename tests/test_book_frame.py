@@ -25,6 +25,14 @@ def fresh_style():
     plt.close("all")
 
 
+@pytest.fixture
+def displayed(monkeypatch) -> list:
+    """What the book helpers pass to IPython's display(), in order."""
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
+    return shown
+
+
 def _png_width(fig) -> int:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")  # what the inline backend shows
@@ -86,31 +94,27 @@ def test_table_formats_numbers_for_reading():
     assert "nan" not in html.lower()
 
 
-def test_run_box_links_colab_and_says_what_is_not_measured(tmp_path, monkeypatch, capsys):
+def test_run_box_links_colab_and_says_what_is_not_measured(tmp_path, monkeypatch, displayed):
     monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path))
-    shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
     book.run_box("ablations", "https://github.com/someone/efficientnetv2-book")
-    (html,) = shown
+    (html,) = displayed
     assert ("https://colab.research.google.com/github/someone/efficientnetv2-book/blob/main/book/ablations.ipynb"
             in html)
     assert html.count("<li>") == 3 and "not measured yet" in html and 'class="admonition tip' in html
 
 
-def test_run_box_shows_a_recorded_gpu_time(tmp_path, monkeypatch):
+def test_run_box_shows_a_recorded_gpu_time(tmp_path, monkeypatch, displayed):
     monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path))
-    results.save("book_times_gpu", {"chapters": {"ablations": 1260.0}}, config={}, command="bash ci/gpu_book.sh",
+    results.save("book_times_gpu", {"chapters": {"bottlenecks": 1260.0}}, config={}, command="bash ci/gpu_book.sh",
                  profile="colab", directory=tmp_path)
-    shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
-    book.run_box("ablations", "https://github.com/someone/efficientnetv2-book")
-    assert "21 min on" in shown[0] and "not measured yet" not in shown[0].split("colab")[1].split("</li>")[0]
+    book.run_box("bottlenecks", "https://github.com/someone/efficientnetv2-book")
+    book.run_box("ablations", "https://github.com/someone/efficientnetv2-book")  # a chapter the record lacks
+    colab = [html.split('profile = "colab"')[1].split("</li>")[0] for html in displayed]  # the colab row
+    assert "21 min on" in colab[0] and "not measured yet" in colab[1]
 
 
-def test_findings_lists_items_and_says_when_nothing_is_recorded(monkeypatch):
-    shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj.data))
+def test_findings_lists_items_and_says_when_nothing_is_recorded(displayed):
     book.findings(["V2 trains **1.5×** faster.", None], hardware="Intel Xeon (2 threads)")
     book.findings([])
-    assert shown[0] == "- V2 trains **1.5×** faster.\n\n*Measured on Intel Xeon (2 threads).*"
-    assert "Nothing recorded yet" in shown[1]
+    assert displayed[0] == "- V2 trains **1.5×** faster.\n\n*Measured on Intel Xeon (2 threads).*"
+    assert "Nothing recorded yet" in displayed[1]
