@@ -171,3 +171,35 @@ def test_intro_lists_each_chapter_with_its_question():
         title = nb.cells[0].source.split("\n", 1)[0].lstrip("# ").strip()
         question = QUESTION.search(nb.cells[0].source).group(1)
         assert f"[{title}]({Path(chapter).name}): {question}" in intro, f"intro.md lacks '{title}' with its question"
+
+
+# The coverage map's rows whose status depends on a recorded reference, and the result that carries it.
+COVERAGE_RESULTS = {"Table 5": "ablations_table5", "Table 7": "ablations_table7", "Table 12": "ablations_table12",
+                    "Table 13": "ablations_table13", "Figure 1": "ablations_table7", "Table 8": "transfer_cifar10"}
+
+
+def coverage_rows(intro: str) -> dict[str, str]:
+    """The intro's coverage map: ``{"Table 5": "the rest of its row", ...}``."""
+    rows = {}
+    for line in intro.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] not in ("Paper", "---"):
+            rows[cells[0]] = " | ".join(cells[1:])
+    return rows
+
+
+@pytest.mark.parametrize("row", sorted(COVERAGE_RESULTS))
+def test_the_coverage_map_says_which_references_are_recorded(row):
+    rows = coverage_rows((ROOT / "book" / "intro.md").read_text())
+    recorded = any((ROOT / "data" / "results").glob(f"{COVERAGE_RESULTS[row]}_*.json"))
+    says_missing = "not recorded yet" in rows[row]
+    assert says_missing != recorded, (f"intro.md's {row} row says the reference is {'not ' if says_missing else ''}"
+                                      f"recorded, data/results {'has' if recorded else 'lacks'} "
+                                      f"{COVERAGE_RESULTS[row]}_*.json: update the row")
+
+
+def test_the_coverage_map_covers_every_table_and_figure():
+    rows = coverage_rows((ROOT / "book" / "intro.md").read_text())
+    assert [f"Table {i}" for i in range(1, 14)] == [r for r in rows if r.startswith("Table ")]
+    assert [f"Figure {i}" for i in range(1, 7)] == [r for r in rows if r.startswith("Figure ")]
+    assert "Algorithm 1" in rows
