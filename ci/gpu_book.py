@@ -34,7 +34,9 @@ DEFAULT_MINUTES = 6.0  # what runs by default: sections whose budgets add up to 
 class Section:
     name: str
     what: str
-    budget: float  # seconds on an H100 (the commands and the chapter together)
+    budget: float  # seconds on an H100 (the commands and the chapter together): estimates until a GPU run's kit.json
+    # says what each took. fast_path compiles V2-S twice; v1_v2 trains only the V1-shaped runs (the V2-shaped ones are
+    # table12's, in the same run cache)
     gpu: tuple  # commands (argument lists after "python"), with {cache} for the section's run cache
     rehearse: tuple  # the same commands at smoke sizes on the CPU
     results: tuple = ()  # result names the commands write
@@ -46,7 +48,7 @@ class Section:
 BENCH = ("--repeats", "10", "--warmup", "3", "--no-inference", "--device", "cuda", "--dtype", "bf16", "--channels-last")
 BENCH_CPU = ("--repeats", "1", "--warmup", "1", "--no-inference", "--device", "cpu", "--batch-size", "2")
 SECTIONS = (
-    Section("fast_path", "EfficientNetV2-S training step: ev2lib vs torchvision (bf16, channels_last, compile)", 90,
+    Section("fast_path", "EfficientNetV2-S training step: ev2lib vs torchvision (bf16, channels_last, compile)", 150,
             gpu=(("-m", "ev2lib.fast_path", "--save", "fast_path_gpu", "--profile", "colab"),),
             rehearse=(("-m", "ev2lib.fast_path", "--device", "cpu", "--batch-size", "2", "--image-size", "32",
                        "--no-compile", "--repeats", "2", "--warmup", "1", "--save", "fast_path_gpu", "--profile",
@@ -57,7 +59,7 @@ SECTIONS = (
             rehearse=(("-m", "ev2lib.ablations", "--table", "12", "--profile", "smoke", "--cache", "{cache}",
                        "--save"),),
             results=("ablations_table12_gpu",)),
-    Section("v1_v2", "V1-shaped vs V2-shaped network, time to accuracy (Table 7, Figure 1)", 90,
+    Section("v1_v2", "V1-shaped vs V2-shaped network, time to accuracy (Table 7, Figure 1)", 60,
             gpu=(("-m", "ev2lib.ablations", "--table", "7", "--profile", "colab", "--cache", "{cache}", "--save"),),
             rehearse=(("-m", "ev2lib.ablations", "--table", "7", "--profile", "smoke", "--cache", "{cache}",
                        "--save"),),
