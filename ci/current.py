@@ -8,6 +8,7 @@ that labels and stores a result without computing it (:data:`PLUMBING`: ``result
 versions (ci/requirements.txt) of the packages ev2lib runs on (:data:`RUNTIME`): a new pin of the book's tooling or
 of a test-only package leaves every result current. A change to the NAS search leaves the ablations' results current, so a
 reference run stopped in one session and continued after a commit in another records only what the change touched.
+A change to comments or docstrings alone is no change of code (:func:`code_of` compares syntax trees).
 """
 from __future__ import annotations
 
@@ -50,6 +51,30 @@ def imported_modules(module: str) -> set[str]:
     return seen
 
 
+def code_of(source: str) -> str:
+    """What a module computes: its syntax tree without docstrings (comments never reach the tree)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_changed(path: str, commit: str) -> bool:
+    """Whether ``path`` at HEAD differs from ``path`` at ``commit`` in more than comments and docstrings."""
+    then, now = (subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True)
+                 for rev in (commit, "HEAD"))
+    if then.returncode != 0 or now.returncode != 0:
+        return True  # added or removed since
+    try:
+        return code_of(then.stdout) != code_of(now.stdout)
+    except SyntaxError:
+        return True
+
+
 def stale_because(name: str) -> str | None:
     """None if the result ``name`` is current, else why it must be recorded again."""
     from ev2lib import results
@@ -69,7 +94,7 @@ def stale_because(name: str) -> str | None:
                           capture_output=True, text=True)
     if diff.returncode != 0:
         return f"its commit {commit[:12]} is not in this repository"
-    changed = diff.stdout.split()
+    changed = [path for path in diff.stdout.split() if code_changed(path, commit)]
     then = subprocess.run(["git", "show", f"{commit}:ci/requirements.txt"], cwd=ROOT, capture_output=True, text=True)
     now = (ROOT / "ci" / "requirements.txt").read_text()
     if runtime_pins(then.stdout) != runtime_pins(now):

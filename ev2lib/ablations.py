@@ -97,7 +97,7 @@ PROFILES = {
     # The CPU reference (ci/cpu_reference.sh, one-thread processes side by side on 2 cores).
     "cpu-reference": AblationProfile(),
     # One GPU: 20,000 images upsampled to 32 / 48 / 64 px, batch 256 (the learning rate scaled with it). The
-    # chapter trains Tables 12 and 7 live (15 runs); ci/gpu_book.sh records every table in its own sections.
+    # chapter trains Tables 12 and 7 live (15 runs); ci/gpu_book.sh records those two (5 and 13: CPU reference).
     "colab": AblationProfile(train_subset=20000, val_images=5000, epochs=15, batch_size=256, lr=0.4,
                              sizes=(32, 48, 64), size_multiple=8),
     "full": AblationProfile(train_subset=0, val_images=5000, epochs=30, batch_size=256, lr=0.4, sizes=(64, 96, 128),

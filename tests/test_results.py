@@ -256,6 +256,15 @@ def test_a_result_is_current_until_the_code_it_ran_changes(tmp_path, monkeypatch
     assert "not in" in current.stale_because("no_such_result")
 
 
+def test_comments_and_docstrings_alone_leave_a_result_current():
+    current = _current_module()
+    before = 'def lr(step):\n    """Peak 0.4."""\n    return 0.4 * step  # linear warmup\n'
+    reworded = '"""The schedule."""\ndef lr(step):\n    """Peak 0.4, §5.1."""\n    # warm up linearly\n    return 0.4 * step\n'
+    assert current.code_of(reworded) == current.code_of(before)
+    assert current.code_of(before.replace("0.4 * step", "0.2 * step")) != current.code_of(before)
+    assert current.code_of(before.replace('"""Peak 0.4."""', "x = 1")) != current.code_of(before)
+
+
 def test_only_the_runtime_pins_make_a_result_stale():
     current = _current_module()
     before = "torch==2.14.1\ntorchvision==0.29.1\nnumpy==2.4.6\ntqdm==4.70.1\njupyter-book==1.0.4.post1\n"
