@@ -59,7 +59,8 @@ def hardware(device: str | None = None) -> tuple[str, str]:
                 break
     except OSError:
         pass
-    return f"{model} ({torch.get_num_threads()} threads)", "cpu"
+    threads = torch.get_num_threads()
+    return f"{model} ({threads} thread{'s' if threads != 1 else ''})", "cpu"
 
 
 def _git(*args, cwd=None) -> str:
