@@ -43,22 +43,26 @@ recorded train_cifar10_cpu || "$PY" -m ev2lib.train --profile cpu-reference --da
 SECTION=scaling
 recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
 # --- NAS (issues 7, 11), the ablations (issue 11) and transfer learning (issue 13): two one-thread processes side by
-# side, so that every timed run shares the machine with exactly one other (~2.5 h in all). Each command is resumable
+# side, so that every timed run shares the machine with exactly one other (~3.2 h in all). Each command is resumable
 # at this commit: finished runs are kept in runs/ and skipped on a rerun. Each result file records its wall time.
-# Process A: Tables 12 + 13 (progressive vs a baseline tuned over three regularization levels on validation; adaptive
-#   vs constant regularization; 3 seeds; 7 cells, 21 runs of ~4-5 min), then the 50-trial NAS random search with
-#   nas.PROXIES["cpu-reference"] (4,000 images, 8 epochs, trained and scored at 16 px on 5,000 held-out training
-#   images, never the test split; ~1 min a trial).
-# Process B: Table 5 (3 sizes x RandAugment 0/5/10/15, 2 seeds; ~80 min) and Table 7 (V1-shaped vs V2-shaped at
-#   matched parameters: the V1-shaped runs, ~12 min each; the V2-shaped ones are Table 12's), then the proxy's noise
-#   (the backbone and two random architectures, 5 seeds each, ~15 min), then transfer learning (book/transfer.ipynb: pretrain
-#   on CIFAR-10 classes 0-4, fine-tuned vs from-scratch on classes 5-9 at 250 / 1,000 / 5,000 images; ~30 min).
-# Then, alone: 8 of the search's architectures from across its reward range train again with nas.LONG_PROXIES (12,000
-# images, 10 epochs, ~4 min each), for Kendall's tau between the proxy's ranking and a longer training's.
+# Process A (~3 h, as measured at 2053b2f): Tables 12 + 13 (progressive vs a baseline tuned over three regularization
+#   levels on validation; adaptive vs constant regularization; 3 seeds; 7 cells, 21 runs of 4-5.5 min: ~85 min), then
+#   the 50-trial NAS random search with nas.PROXIES["cpu-reference"] (4,000 images, 8 epochs, trained and scored at
+#   16 px on 5,000 held-out training images, never the test split; 30-130 s a trial, ~65 min), then its validity: 8 of
+#   the search's architectures from across its reward range train again with nas.LONG_PROXIES, for Kendall's tau
+#   between the proxy's ranking and a longer training's.
+# Process B (~3 h): Table 5 (3 sizes x RandAugment 0/5/10/15, 2 seeds; 24 runs of 2.5-5.3 min: ~88 min) and Table 7
+#   (V1-shaped vs V2-shaped at matched parameters: the V1-shaped runs, ~16.5 min each; the V2-shaped ones are Table
+#   12's), then the proxy's noise (the backbone and two random architectures, 5 seeds each, ~14 min), then transfer
+#   learning (book/transfer.ipynb: pretrain on CIFAR-10 classes 0-4, fine-tuned vs from-scratch on classes 5-9 at
+#   250 / 1,000 / 5,000 images; ~37 min).
+# The whole script takes about 3.5 h on 2 cores: the regime the ablations need (10,000 images, 70% test accuracy)
+# costs that; it is resumable, so it can be spread over several sittings.
 { SECTION=ablations
   { recorded ablations_table12_cpu && recorded ablations_table13_cpu; } || "$PY" -m ev2lib.ablations --table 12 13 --profile cpu-reference --threads 1 --cache runs/ablations --save
   SECTION=nas
   recorded nas_search_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --trials 50 --log runs/nas-cpu-reference-$COMMIT.jsonl --save nas_search_cifar10
+  recorded nas_proxy_validity_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --validity --architectures 8 --log runs/nas-cpu-reference-$COMMIT.jsonl --cache runs/nas-validity-cpu-reference-$COMMIT.jsonl --save nas_proxy_validity_cifar10
 } & process_a=$!
 { SECTION=ablations
   { recorded ablations_table5_cpu && recorded ablations_table7_cpu; } || "$PY" -m ev2lib.ablations --table 5 7 --profile cpu-reference --threads 1 --cache runs/ablations --save
@@ -68,5 +72,3 @@ recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0
   recorded transfer_cifar10_cpu || "$PY" -m ev2lib.transfer --profile cpu-reference --threads 1 --cache runs/transfer --save
 } & process_b=$!
 wait "$process_a"; wait "$process_b"
-SECTION=nas
-recorded nas_proxy_validity_cifar10 || "$PY" -m ev2lib.nas --profile cpu-reference --validity --architectures 8 --log runs/nas-cpu-reference-$COMMIT.jsonl --cache runs/nas-validity-cpu-reference-$COMMIT.jsonl --save nas_proxy_validity_cifar10
