@@ -43,7 +43,7 @@ recorded train_cifar10_cpu || "$PY" -m ev2lib.train --profile cpu-reference --da
 SECTION=scaling
 recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0 efficientnet_b1 efficientnet_b2 efficientnet_b3 efficientnet_b4 efficientnet_b5 efficientnet_b6 efficientnet_b7 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 efficientnetv2_s efficientnetv2_m efficientnetv2_l --image-size 64 --batch-size 4 --repeats 3 --warmup 1 --no-inference --threads 1 --device cpu --save scaling_throughput_cpu --profile cpu-reference
 # --- NAS (issues 7, 11), the ablations (issue 11) and transfer learning (issue 13): two one-thread processes side by
-# side, so that every timed run shares the machine with exactly one other (~3.2 h in all). Each command is resumable
+# side, so that every timed run shares the machine with exactly one other (~3.2 h of the ~3.5 h). Each command is resumable
 # at this commit: finished runs are kept in runs/ and skipped on a rerun. Each result file records its wall time.
 # Process A (~3 h, as measured at 2053b2f): Tables 12 + 13 (progressive vs a baseline tuned over three regularization
 #   levels on validation; adaptive vs constant regularization; 3 seeds; 7 cells, 21 runs of 4-5.5 min: ~85 min), then
