@@ -45,13 +45,13 @@ recorded scaling_throughput_cpu || "$PY" -m ev2lib.bench --model efficientnet_b0
 # --- NAS (issues 7, 11), the ablations (issue 11) and transfer learning (issue 13): two one-thread processes side by
 # side, so that every timed run shares the machine with exactly one other (~3.2 h of the ~3.5 h). Each command is resumable
 # at this commit: finished runs are kept in runs/ and skipped on a rerun. Each result file records its wall time.
-# Process A (~3 h, as measured at 2053b2f): Tables 12 + 13 (progressive vs a baseline tuned over three regularization
+# Process A (~3.2 h, as measured at 2053b2f): Tables 12 + 13 (progressive vs a baseline tuned over three regularization
 #   levels on validation; adaptive vs constant regularization; 3 seeds; 7 cells, 21 runs of 4-5.5 min: ~85 min), then
 #   the 50-trial NAS random search with nas.PROXIES["cpu-reference"] (4,000 images, 8 epochs, trained and scored at
 #   16 px on 5,000 held-out training images, never the test split; 30-130 s a trial, ~65 min), then its validity: 8 of
 #   the search's architectures from across its reward range train again with nas.LONG_PROXIES, for Kendall's tau
-#   between the proxy's ranking and a longer training's.
-# Process B (~3 h): Table 5 (3 sizes x RandAugment 0/5/10/15, 2 seeds; 24 runs of 2.5-5.3 min: ~88 min) and Table 7
+#   between the proxy's ranking and a longer training's (~40 min).
+# Process B (~3.2 h): Table 5 (3 sizes x RandAugment 0/5/10/15, 2 seeds; 24 runs of 2.5-5.3 min: ~88 min) and Table 7
 #   (V1-shaped vs V2-shaped at matched parameters: the V1-shaped runs, ~16.5 min each; the V2-shaped ones are Table
 #   12's), then the proxy's noise (the backbone and two random architectures, 5 seeds each, ~14 min), then transfer
 #   learning (book/transfer.ipynb: pretrain on CIFAR-10 classes 0-4, fine-tuned vs from-scratch on classes 5-9 at
