@@ -65,7 +65,6 @@ def short_hardware(desc: str) -> str:
     s = re.sub(r"@ ?[\d.]+ ?GHz", "", s)
     s = re.sub(r"(NVIDIA \S+) .*", r"\1", s) if s.startswith("NVIDIA") else s
     s = re.sub(r"\b(\d+-Core|\d+-core)\b", "", s)
-    s = s.replace("(1 threads)", "(1 thread)")  # as results recorded before 2026-11-28 spell it
     return re.sub(r"\s+", " ", s).replace(" )", ")").strip()
 
 

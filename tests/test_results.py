@@ -256,6 +256,23 @@ def test_a_result_is_current_until_the_code_it_ran_changes(tmp_path, monkeypatch
     assert "not in" in current.stale_because("no_such_result")
 
 
+def test_hardware_says_thread_for_one_thread_also_in_older_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path))
+    path = results.save("thread_probe", {"x": 1}, config={}, profile="cpu-reference", command="python -m ev2lib.bench")
+    record = json.loads(path.read_text())
+    record["provenance"]["hardware"] = "Intel(R) Xeon(R) Processor (1 threads)"  # as hardware() wrote it before
+    path.write_text(json.dumps(record))
+    assert results.load("thread_probe")["provenance"]["hardware"] == "Intel(R) Xeon(R) Processor (1 thread)"
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert results.hardware("cpu")[0].endswith("(1 thread)")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_comments_and_docstrings_alone_leave_a_result_current():
     current = _current_module()
     before = 'def lr(step):\n    """Peak 0.4."""\n    return 0.4 * step  # linear warmup\n'
