@@ -161,9 +161,8 @@ def load(name: str, directory: str | Path | None = None) -> dict:
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path} is not valid JSON ({e}); restore it with git checkout") from None
     record = validate(record, name, rehearsal=is_rehearsal(directory))
-    hw = record.get("provenance", {}).get("hardware")
-    if isinstance(hw, str):  # results recorded before 2026-11-28 say "(1 threads)"; hardware() now says "(1 thread)"
-        record["provenance"]["hardware"] = hw.replace("(1 threads)", "(1 thread)")
+    p = record["provenance"]  # results recorded before 2026-11-28 say "(1 threads)"; hardware() now says "(1 thread)"
+    p["hardware"] = str(p["hardware"]).replace("(1 threads)", "(1 thread)")
     return record
 
 
