@@ -46,10 +46,9 @@ import torch
 from .errors import ConfigError, cli_main
 from .files import json_cache
 from .progressive import ProgressiveSchedule, RandomResizeSchedule, fixed_schedule, progressive_resize
+from .stats import interval, paired
 
 TABLES = (5, 12, 13, 7)  # the chapter's order
-# 97.5 % quantiles of Student's t by degrees of freedom (a mathematical constant, for 95 % intervals).
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ class _TrainAccuracy:
         self.epochs, self.n, self.acc, self.params = epochs, n, None, None
 
     def on_epoch_end(self, run, metrics):
-        from .data import eval_resize
+        from .augment import eval_resize
         from .train import evaluate
 
         self.params = sum(t.numel() for t in run.model.parameters())
@@ -209,21 +208,12 @@ def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, eval_size
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Statistics: paired over seeds, 95 % Student-t intervals
-
-
-def interval(values: list[float]) -> dict:
-    """Mean and 95 % Student-t interval of ``values`` (the interval is None for fewer than 2 values)."""
-    n = len(values)
-    mean = statistics.fmean(values) if values else float("nan")
-    half = T975[min(n - 1, 10)] * statistics.stdev(values) / n ** 0.5 if n > 1 else None
-    return {"mean": mean, "ci95": None if half is None else [mean - half, mean + half], "n": n, "values": values}
+# Comparisons: paired over seeds, 95 % Student-t intervals (ev2lib.stats)
 
 
 def _paired(a: dict, b: dict, key: str, op) -> dict:
     """``op(a, b)`` of two cells' ``key`` for each seed both ran, with its interval."""
-    by_seed = {r["seed"]: r for r in b["runs"]}
-    return interval([op(r[key], by_seed[r["seed"]][key]) for r in a["runs"] if r["seed"] in by_seed])
+    return paired(a["runs"], b["runs"], key, op)
 
 
 def seconds_to_reach(run: dict, target: float) -> float | None:
@@ -322,11 +312,11 @@ def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str |
 
     ``cache``: a folder; each finished run is kept there under the code's commit and the profile's digest, and
     reused by later calls (Table 12's progressive cell is Table 13's first row; a stopped run continues)."""
-    from .results import code_commit, hardware
+    from .results import code_digest, hardware
 
     p = get_profile(profile, **overrides)
     seeds = p.table5_seeds if table == 5 else p.seeds
-    folder = Path(cache) / f"{code_commit()[:12]}-{p.digest()}" if cache else None
+    folder = Path(cache) / f"{code_digest('ablations')}-{p.digest()}" if cache else None
     todo = cells(table, p)
     from tqdm.auto import tqdm
 

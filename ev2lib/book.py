@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import results
 from .configs import ModelConfig, get_config
+from .errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------
 # Figures sized for the page. The rendered book's text column is 688 px wide on a 1280 px screen and its body text
@@ -44,7 +45,7 @@ def subplots(n: int = 1, height: float = 3.4, **kw):
     import matplotlib.pyplot as plt
 
     if n < 1:
-        raise ValueError(f"subplots needs at least one panel, got n={n}")
+        raise ConfigError(f"subplots needs at least one panel, got n={n}")
     ncols = min(n, 2)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(TEXT_WIDTH, height * nrows), squeeze=False, **kw)

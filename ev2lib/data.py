@@ -1,4 +1,4 @@
-"""Datasets and the input pipeline (paper §5.1; official ``preprocessing.py`` / ``datasets.py``).
+"""Datasets and the batches the training loop draws from them (paper §5.1; official ``datasets.py``).
 
 Two back ends share one interface, :class:`TrainData`:
 
@@ -7,23 +7,22 @@ Two back ends share one interface, :class:`TrainData`:
 * **files** -- any torchvision dataset of PIL images (Flowers-102, Stanford Cars, Imagenette, ImageFolder),
   augmented in persistent ``DataLoader`` workers.
 
-**Randomness.** Every random draw of the augmentation comes from a generator seeded by (seed, epoch, step): each
-image gets its own seed from it (crop, flip, RandAugment run with that seed on a private RNG state, never the
-global one) and mixup/CutMix get the next. So a resumed run sees exactly the same batches, and with DDP every rank
-computes the same global batch and keeps its slice: ``torchrun --nproc_per_node=N`` trains on the pixels and
-labels of a one-process run. One exception: file datasets under DDP mix each rank's slice within itself (the
-images before mixing are still identical to a one-process run's).
+**Randomness.** Every random draw of the augmentation (:mod:`ev2lib.augment`) comes from seeds drawn from a
+generator seeded by (seed, epoch, step): one per image on the CPU path, one per batch on the device path, and one
+for mixup/CutMix. So a resumed run sees exactly the same batches, and with DDP every rank computes the same global
+batch and keeps its slice: ``torchrun --nproc_per_node=N`` trains on the pixels and labels of a one-process run. One
+exception: file datasets under DDP mix each rank's slice within itself.
 
-Images leave the pipeline in pixel units (uint8, or float 0-255 after mixing); the model's own
-``normalize`` (which knows what its weights were trained with) turns them into network inputs.
+Images leave the pipeline in pixel units (uint8, or float 0-255 after mixing); the model's own ``normalize``
+(which knows what its weights were trained with) turns them into network inputs.
 
-Data locations: ``$EV2_DATA_DIR`` holds the shared ``cifar10_jpeg.npz``; torchvision downloads go to ``root``
-(default ``$EV2_DATASETS`` or ``./datasets``); decoded caches to ``$EV2_CACHE_DIR`` (default ``~/.cache/ev2lib``).
+Data locations: ``$EV2_DATA_DIR`` holds the shared ``cifar10_jpeg.npz`` (then ``cifar10`` means that archive,
+and the run's ``source`` says so); torchvision downloads go to ``root`` (default ``$EV2_DATASETS`` or
+``./datasets``); decoded caches to ``$EV2_CACHE_DIR`` (default ``~/.cache/ev2lib``).
 """
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from pathlib import Path
 
@@ -31,202 +30,16 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from .augment import CROPS, augment, augment_batch, eval_resize, mix_batch
 from .errors import DataError
 from .files import atomic_write
 
 DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "imagenette", "imagefolder:<path>",
             "cifar10-shared", "synthetic[:<n>]")
-SQUASH_FROM = 320  # official eval: at >= 320 px the whole image is resized (no crop); below, a centre crop
-AUGMENT_FIELDS = ("image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha", "cutout")
-CROPS = ("rrc", "pad", "resize")
+AUGMENT_FIELDS = ("image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha", "cutout", "randaug_fixed_side")
 VAL_SEED = 2021  # the seed of the validation hold-out: one split for every run
-
-
-# ----------------------------------------------------------------------------------------------------------
-# RandAugment as the official code defines it (paper §4 and §5.1; official efficientnetv2/autoaugment.py)
-
-RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
-               "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
-SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")  # official: negated half the time
-MAX_LEVEL = 10.0  # official ``_MAX_LEVEL``: magnitudes above it extrapolate every range linearly
-RANDAUG_FILL = 128  # official ``replace_value = [128] * 3`` for Rotate, Shear*, Translate*, Cutout
-TRANSLATE_FRACTION = 100 / 224  # official translate_const = 100 px, taken relative to a 224 px side
-CUTOUT_FRACTION = 40 / 224  # official cutout_const = 40 px (half the box side), relative to a 224 px side
-_NEAREST = v2.InterpolationMode.NEAREST  # the official image_ops.rotate/translate/transform default
-
-
-def op_args(op: str, magnitude: float, side: int) -> tuple:
-    """The argument of RandAugment op ``op`` at ``magnitude`` (official ``level_to_arg``, level/10 of each range).
-
-    Unsigned: :func:`rand_augment` negates the :data:`SIGNED_OPS` half the time. ``side`` is the image side the op
-    acts along (width for TranslateX, height for TranslateY, the shorter side for Cutout). Level 10 gives rotate
-    30 deg, shear 0.3, translate 100/224 of the side, enhance factor 1.9 (0.1 at level 0, 1.0 at level 5: below 5
-    Color/Contrast/Brightness/Sharpness *degrade*, above it they exaggerate), posterize 4 bits, solarize threshold
-    256, SolarizeAdd +110 below grey 128, Cutout half-side 40/224 of the side. Above 10 every formula extrapolates
-    (level 15: rotate 45 deg, shear 0.45, enhance 2.8). Official quirks kept: Posterize keeps *more* bits and
-    Solarize inverts *fewer* pixels as the level rises (both identity from level 20 / 10 on).
-    """
-    if op not in RANDAUG_OPS:
-        raise DataError(f"unknown RandAugment op {op!r}; known: {RANDAUG_OPS}")
-    r = float(magnitude) / MAX_LEVEL
-    if op in ("AutoContrast", "Equalize", "Invert"):
-        return ()
-    if op in ("Color", "Contrast", "Brightness", "Sharpness"):
-        return (r * 1.8 + 0.1,)
-    # Posterize: official int(r * 4) bits, then a shift by 8 - bits. The official code is silent on bits outside
-    # 0-8. A shift by 8 (levels < 2.5) is implementation-defined in TF's documentation (as far as we know XLA,
-    # which the paper's TPUs run, gives 0, a black image, as here; TF's CPU kernel clamps the shift to 7). A
-    # negative shift (levels >= 22.5) does not convert to the image's uint8. We clamp to 0-8 bits (8 = identity).
-    return {"Rotate": (r * 30.0,), "ShearX": (r * 0.3,), "ShearY": (r * 0.3,),
-            "TranslateX": (r * TRANSLATE_FRACTION * side,), "TranslateY": (r * TRANSLATE_FRACTION * side,),
-            "Posterize": (min(max(int(r * 4), 0), 8),), "Solarize": (int(r * 256),),
-            "SolarizeAdd": (int(r * 110),), "Cutout": (int(r * CUTOUT_FRACTION * side),)}[op]
-
-
-def _affine(img: torch.Tensor, translate=(0.0, 0.0), shear=(0.0, 0.0)) -> torch.Tensor:
-    """Official shear/translate: nearest neighbour, fill 128, shear about the top-left corner (output pixel (x, y)
-    reads input (x + s y, y) for ShearX, (x, y + s x) for ShearY)."""
-    return v2.functional.affine(img, 0.0, list(translate), 1.0, list(shear), interpolation=_NEAREST,
-                                fill=RANDAUG_FILL, center=[0.0, 0.0])
-
-
-def _shear_degrees(s: float) -> float:
-    return math.degrees(math.atan(s))  # torchvision takes the shear as an angle; the official code as its tangent
-
-
-def _solarize(img: torch.Tensor, threshold: int) -> torch.Tensor:
-    return torch.where(img < threshold, img, 255 - img)  # official: invert the pixels >= threshold
-
-
-def _solarize_add(img: torch.Tensor, addition: int, threshold: int = 128) -> torch.Tensor:
-    added = (img.to(torch.int16) + addition).clamp(0, 255).to(torch.uint8)
-    return torch.where(img < threshold, added, img)
-
-
-def _cutout(img: torch.Tensor, half: int, fill: int | str = RANDAUG_FILL) -> torch.Tensor:
-    """Official cutout: a (2 half)^2 box centred on a uniformly drawn pixel, clipped at the borders, filled with
-    grey 128 (RandAugment's op) or, ``fill="random"``, uniform random pixels (the fine-tuning augmentation, §5.3)."""
-    h, w = img.shape[-2:]
-    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-    out = img.clone()
-    box = out[..., max(0, cy - half):cy + half, max(0, cx - half):cx + half]
-    box.copy_(torch.randint(0, 256, box.shape, dtype=torch.uint8) if fill == "random" else torch.full_like(box, fill))
-    return out
-
-
-_F = v2.functional
-_APPLY = {  # uint8 (3, H, W) and the op's argument -> uint8 (3, H, W)
-    "AutoContrast": _F.autocontrast, "Equalize": _F.equalize, "Invert": _F.invert,
-    "Rotate": lambda img, deg: _F.rotate(img, deg, interpolation=_NEAREST, fill=RANDAUG_FILL),
-    "Posterize": _F.posterize, "Solarize": _solarize, "SolarizeAdd": _solarize_add,
-    # Color, Brightness, Sharpness: the official blend(degenerate, image, factor) with PIL's degenerate images,
-    # which torchvision's adjust_* compute too (up to rounding by one grey level).
-    "Color": _F.adjust_saturation, "Brightness": _F.adjust_brightness, "Sharpness": _F.adjust_sharpness,
-    # Contrast: torchvision blends with the mean grey level (PIL's ImageEnhance.Contrast, which the official
-    # docstring names). The official TF code blends with sum(histogram)/256 = H*W/256 instead, a constant that
-    # depends on the image size (4 at 32 px, 196 at 224 px): a known bug we do not copy.
-    "Contrast": _F.adjust_contrast,
-    "ShearX": lambda img, s: _affine(img, shear=(_shear_degrees(s), 0.0)),
-    "ShearY": lambda img, s: _affine(img, shear=(0.0, _shear_degrees(s))),
-    "TranslateX": lambda img, px: _affine(img, translate=(px, 0.0)),
-    "TranslateY": lambda img, px: _affine(img, translate=(0.0, px)),
-    "Cutout": _cutout,
-}
-
-
-def rand_augment(img: torch.Tensor, magnitude: float, num_layers: int = 2) -> torch.Tensor:
-    """Official RandAugment (``distort_image_with_randaugment``) on one uint8 (3, H, W) image -> same shape, uint8.
-
-    ``num_layers`` times (official ``ra_num_layers = 2``) pick one of the 16 :data:`RANDAUG_OPS` uniformly and
-    apply it always (the official per-op ``prob`` is drawn but unused), with the argument :func:`op_args` gives at
-    ``magnitude`` on the official 0-10 scale; magnitudes above 10 (the paper's 15-25, Table 6) extrapolate.
-    Every random draw (op, sign, Cutout centre) comes from torch's default CPU generator: seed it (as
-    :func:`augment` does) for a reproducible result.
-
-    Differences from the official code: Translate and Cutout are relative to the side (100/224 and 40/224 of it)
-    where the official constants are pixels at whatever size it trains at (128-380 px under progressive
-    learning); Contrast uses the mean grey level (see ``_APPLY``); Posterize's bits are clamped to 0-8; rounding
-    may differ by one grey level.
-    """
-    if img.dtype != torch.uint8 or img.ndim != 3:
-        raise DataError(f"rand_augment takes one uint8 (3, H, W) image, got {img.dtype} {tuple(img.shape)}")
-    h, w = img.shape[-2:]
-    for _ in range(num_layers):
-        op = RANDAUG_OPS[int(torch.randint(len(RANDAUG_OPS), ()))]
-        side = {"TranslateX": w, "TranslateY": h}.get(op, min(h, w))
-        args = op_args(op, magnitude, side)
-        if op in SIGNED_OPS and torch.rand(()) < 0.5:
-            args = (-args[0],)
-        img = _APPLY[op](img, *args)
-    return img
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Augmentation: one image at a time, from its own seed
-
-
-def _seeds(g: torch.Generator, n: int) -> list[int]:
-    return torch.randint(0, 2**62, (n,), generator=g).tolist()
-
-
-def augment(img: torch.Tensor, seed: int, image_size: int, randaug_magnitude: float = 0.0, crop: str = "rrc",
-            cutout: float = 0.0, **_) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, S, S), drawing only from ``seed`` (the global RNG is left untouched).
-
-    ``crop="rrc"``: the official random resized crop (area 0.05-1, aspect 3/4-4/3) to S. ``crop="pad"``: the
-    CIFAR recipe, reflect-pad 4 and crop back to H, then resize to S if S != H. ``crop="resize"``: the whole image
-    resized to S (the official fine-tuning augmentation, ``augname='ft'``). All flip half the images, then apply
-    :func:`rand_augment` (2 ops at ``randaug_magnitude``; 0 = off), then cutout when ``cutout > 0``: a box whose
-    side is that fraction of S, filled with random pixels (the official fine-tuning's is 0.5, a pad of S/4).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators stay untouched
-        if crop == "rrc":
-            img = v2.RandomResizedCrop(image_size, scale=(0.05, 1.0), antialias=True)(img)
-        else:
-            if crop == "pad":
-                img = v2.RandomCrop(img.shape[-2:], padding=4, padding_mode="reflect")(img)
-            if img.shape[-1] != image_size or img.shape[-2] != image_size:
-                img = v2.functional.resize(img, [image_size, image_size], antialias=True)
-        img = v2.RandomHorizontalFlip()(img)
-        if randaug_magnitude > 0:
-            img = rand_augment(img, randaug_magnitude)
-        if cutout > 0:
-            img = _cutout(img, round(cutout * image_size / 2), fill="random")
-    return img
-
-
-def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float,
-              seed: int = 0):
-    """(B, 3, H, W), (B,) int -> float images, (B, num_classes) soft labels; integer labels if both alphas are 0.
-
-    torchvision's ``MixUp``/``CutMix`` (one lambda per batch, each image mixed with its neighbour ``roll(1)``) on
-    half the batch each when both alphas are > 0 (official datasets.py). The official code instead mixes with the
-    reversed batch and draws lambda per sample. The label weights are the mixed proportions in both.
-    """
-    mixers = [m(alpha=a, num_classes=num_classes) for m, a in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if a > 0]
-    if not mixers:
-        return x, y
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators stay untouched
-        if len(mixers) == 1 or x.shape[0] < 4:
-            return mixers[0](x.float(), y)
-        h = x.shape[0] // 2
-        (xa, ya), (xb, yb) = mixers[0](x[:h].float(), y[:h]), mixers[1](x[h:].float(), y[h:])
-    return torch.cat([xa, xb]), torch.cat([ya, yb])
-
-
-def eval_resize(x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
-    """Official eval preprocessing on uint8 images: below 320 px a centre crop of ``size/(size+32)`` then resize;
-    at 320 px and above the whole image squashed to ``size``. ``crop=False`` (CIFAR-style "pad" training, where the
-    whole small image is the object) always resizes the whole image. Identity when the size already matches."""
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    if crop and size < SQUASH_FROM:
-        side = int(round(size / (size + 32) * min(h, w)))
-        x = v2.functional.center_crop(x, [side, side])
-    return v2.functional.resize(x, [size, size], antialias=True)
+EVAL_SEED = 2022  # the seed of a test subset (eval_subset): the same images for every run and seed
+SHARED_SOURCE = "CIFAR-10, shared JPEG archive (cifar10_jpeg.npz)"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -345,6 +158,10 @@ def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
 
+def _seeds(g: torch.Generator, n: int) -> list[int]:
+    return torch.randint(0, 2**62, (n,), generator=g).tolist()
+
+
 class _SeededFiles(torch.utils.data.Dataset):
     """A file dataset indexed by ``(index, seed)``: decode, then :func:`augment` with that seed (in a worker)."""
 
@@ -369,7 +186,7 @@ class TrainData:
     (official random resized crop) or ``"pad"`` (pad-4 random crop, the usual CIFAR augmentation).
 
     ``augment_device`` (in-memory data only): keep the uint8 training images on that device (a GPU) and augment
-    each batch there with :mod:`ev2lib.device_augment` (the same distribution as the per-image CPU path, drawn from
+    each batch there with :func:`ev2lib.augment.augment_batch` (the same distribution as the per-image CPU path, drawn from
     the same per-step seed); None augments one image at a time on the CPU (:func:`augment`).
     """
 
@@ -440,16 +257,14 @@ class TrainData:
 
     def _device_batches(self, epoch: int, start_step: int, idx: torch.Tensor, mine: slice):
         """train_batches on ``augment_device``: the global batch augmented and mixed there, then this rank's slice."""
-        from . import device_augment
-
         s, (xs, ys), gb = self.augmentation, self.train, self.batch_size * self.world
         idx = idx.to(self.augment_device)
         for i in range(start_step, self.steps_per_epoch):
             batch_seed, mix_seed = _seeds(_step_generator(self.seed, epoch, i), 2)
             b = idx[i * gb:(i + 1) * gb]
-            x = device_augment.augment_batch(xs[b], batch_seed, image_size=s["image_size"], crop=self.crop,
-                                             randaug_magnitude=s["randaug_magnitude"], cutout=s["cutout"])
-            x, y = device_augment.mix_batch(x, ys[b], self.num_classes, s["mixup_alpha"], s["cutmix_alpha"], mix_seed)
+            x = augment_batch(xs[b], batch_seed, image_size=s["image_size"], crop=self.crop, cutout=s["cutout"],
+                              randaug_magnitude=s["randaug_magnitude"], randaug_fixed_side=s["randaug_fixed_side"])
+            x, y = mix_batch(x, ys[b], self.num_classes, s["mixup_alpha"], s["cutmix_alpha"], mix_seed)
             yield i, x[mine], y[mine]
 
     def _file_batches(self, epoch: int, start_step: int, idx: torch.Tensor):
@@ -527,11 +342,11 @@ def _in_memory(name: str, root: Path, download: bool):
         return synthetic(n, 10, 32, seed=1), synthetic(max(n // 4, 64), 10, 32, seed=2), 10, f"generated ({n} images)"
     if name == "cifar10-shared" or (name == "cifar10" and shared_cifar10_path() is not None):
         d = load_shared_cifar10()
-        return d["train"], d["test"], 10, f"shared CIFAR-10 JPEG archive {shared_cifar10_path()}"
+        return d["train"], d["test"], 10, SHARED_SOURCE
     if name in ("cifar10", "cifar100"):
         tr, te = (torchvision_dataset(name, s, root, download) for s in ("train", "test"))
         arrays = [(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(d.targets)) for d in (tr, te)]
-        return arrays[0], arrays[1], len(tr.classes), f"torchvision {name} at {root}"
+        return arrays[0], arrays[1], len(tr.classes), f"torchvision {name}"
     return None
 
 
@@ -598,7 +413,7 @@ def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch
                 raise DataError(f"{name} has classes 0-{num_classes - 1}; classes={classes!r} asks for {max(wanted)}")
             tr, te, val = (_keep_classes(d, wanted) if d is not None else None for d in (tr, te, val))
             num_classes, source = len(wanted), f"{source}, classes {classes}"
-        return TrainData(_subset(tr, train_subset, seed), _subset(te, eval_subset, seed + 1), num_classes,
+        return TrainData(_subset(tr, train_subset, seed), _subset(te, eval_subset, EVAL_SEED), num_classes,
                          source=source, val=val, **kw)
     if wanted:
         raise DataError(f"classes= selects classes of the in-memory datasets (cifar10, cifar100, synthetic), not of "
@@ -612,5 +427,6 @@ def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch
         keep = torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed))[:train_subset].tolist()
         tr = torch.utils.data.Subset(tr, keep)
     if eval_subset:
-        te = torch.utils.data.Subset(te, range(min(eval_subset, len(te))))
-    return TrainData(tr, te, _num_classes(tr), source=f"torchvision {name} at {root}", val=val, **kw)
+        keep = torch.randperm(len(te), generator=torch.Generator().manual_seed(EVAL_SEED))[:eval_subset]
+        te = torch.utils.data.Subset(te, keep.sort().values.tolist())
+    return TrainData(tr, te, _num_classes(tr), source=f"torchvision {name}", val=val, **kw)

@@ -72,3 +72,23 @@ def load_torch(path: str | Path, map_location="cpu"):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"checkpoint {path} is corrupt, truncated or not a PyTorch weights file ({first[:120]}): "
                            f"delete it and download or save it again") from None
+
+
+def jsonl_cache(path: str | Path | None, key: str, compute):
+    """``compute()``'s JSON-able result, or the one already appended to the JSON-lines file ``path`` under ``key``
+    (so a stopped run of many computations continues where it stopped). A torn line is ignored: that computation
+    runs again. ``None`` always computes."""
+    if path is None:
+        return compute()
+    path = Path(path)
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("key") == key:
+            return rec["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    append_jsonl(path, {"key": key, "result": result}, sync=True)
+    return result

@@ -6,6 +6,7 @@ baselines and any NAS sample go through the same :class:`EfficientNet` class.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,10 +14,23 @@ from torch import nn
 from .blocks import BLOCKS, ConvBNAct
 from .configs import BLOCK_TYPES, ModelConfig, get_config, list_configs
 from .errors import ConfigError, InputSizeError, WeightsError
+from .weights import SCRATCH_NORMALIZATION, SOURCES, load_pretrained, load_weights
 
 PADDINGS = ("symmetric", "same")
-# The official from-scratch input normalisation, (x - 128) / 128, in 0-255 pixel units: (mean, std) per channel.
-SCRATCH_NORMALIZATION = ((128.0, 128.0, 128.0), (128.0, 128.0, 128.0))
+
+
+class Normalize:
+    """Input normalisation of 0-255 pixels, ``(x - mean) / std`` per channel, its two tensors made once per device
+    (not per call: a host-to-device copy each step would wait for the device's queue)."""
+
+    def __init__(self, normalization):
+        self.normalization = tuple(tuple(float(v) for v in t) for t in normalization)
+        self._on: tuple | None = None  # (device, mean (1, 3, 1, 1), std (1, 3, 1, 1))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._on is None or self._on[0] != x.device:
+            self._on = (x.device, *(torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in self.normalization))
+        return (x.float() - self._on[1]) / self._on[2]
 
 
 class EfficientNet(nn.Module):
@@ -28,7 +42,6 @@ class EfficientNet(nn.Module):
     :func:`ev2lib.load_pretrained` to what published weights were trained with.
     """
 
-    normalization = SCRATCH_NORMALIZATION
     frozen: tuple[int, ...] = ()  # stages that do not train (:meth:`freeze`)
 
     def __init__(self, config: ModelConfig, num_classes: int = 1000, padding: str = "symmetric"):
@@ -38,6 +51,10 @@ class EfficientNet(nn.Module):
         if num_classes < 1:
             raise ConfigError(f"num_classes must be positive, got {num_classes}")
         self.config, self.padding, self.num_classes = config, padding, num_classes
+        # The smallest input side: one pixel per cell of the final feature map. A plain int, read in forward (a
+        # property computing it there would break torch.compile's graph).
+        self.min_image_size = config.total_stride
+        self._normalize = Normalize(SCRATCH_NORMALIZATION)
         bn = dict(bn_eps=config.bn_eps, bn_momentum=config.bn_momentum, padding=padding)
 
         layers = [ConvBNAct(3, config.stem_channels, 3, config.stem_stride, **bn)]  # stage 0: stem
@@ -83,11 +100,6 @@ class EfficientNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @property
-    def min_image_size(self) -> int:
-        """The smallest input side the network accepts: one pixel per cell of its final feature map."""
-        return self.config.total_stride
-
-    @property
     def dropout(self) -> float:
         return self.classifier[0].p
 
@@ -116,10 +128,18 @@ class EfficientNet(nn.Module):
             self.features[i].eval()
         return self
 
+    @property
+    def normalization(self) -> tuple:
+        """((mean R, G, B), (std R, G, B)) in 0-255 pixel units: what the weights expect (:meth:`normalize`)."""
+        return self._normalize.normalization
+
+    @normalization.setter
+    def normalization(self, value) -> None:
+        self._normalize = Normalize(value)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in 0-255 pixel units (uint8 or float) -> ``(x - mean) / std`` in float32."""
-        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in self.normalization)
-        return (x.float() - mean) / std
+        return self._normalize(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, head_channels, H/32, W/32) for the ImageNet variants."""
@@ -232,7 +252,40 @@ def create_model(name: str | ModelConfig, num_classes: int = 1000, dropout: floa
         cfg = swap_blocks(cfg, fused_stages, "fused")
     model = EfficientNet(cfg, num_classes=num_classes, padding=padding)
     if pretrained:
-        from .weights import load_pretrained
-
         load_pretrained(model, source=pretrained)
+    return model
+
+
+def init_model(name, num_classes: int, init: str = "", **create_kw) -> EfficientNet:
+    """:func:`create_model` for ``num_classes``, initialised from ``init`` (transfer learning, paper §5.3).
+
+    ``init``: ``""`` (from scratch), ``"torchvision"`` / ``"timm"`` (published ImageNet weights, with the padding
+    they need) or the path of an ev2lib checkpoint or ``model.pt`` (:func:`ev2lib.weights.load_weights`: its padding
+    and input normalisation come with it). Every tensor but the classifier's comes from the source, bit for bit; the
+    classifier is new, for ``num_classes``, also when the source had as many classes: continuing a run on the same
+    task is resuming it (the same ``--out``), not initialising from it. ``model.init_info`` says what was loaded
+    and what, for a bare state dict, was assumed.
+    """
+    if not init:
+        return create_model(name, num_classes=num_classes, **create_kw)
+    if init in SOURCES:
+        model = create_model(name, num_classes=num_classes, padding="same" if init == "timm" else "symmetric",
+                             **create_kw)
+        model.init_info = {"source": init}
+        return load_pretrained(model, source=init)
+    if not Path(init).is_file():
+        raise WeightsError(f"init {init!r} is neither a weights source ({', '.join(SOURCES)}) nor a checkpoint file: "
+                           f"pass --init torchvision, --init timm or the path of an ev2lib checkpoint.pt or model.pt")
+    weights, about = load_weights(init)
+    model = create_model(name, num_classes=num_classes, padding=about["padding"], **create_kw)
+    own = model.state_dict()
+    head = {k: v for k, v in own.items() if k.startswith("classifier.")}
+    body = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+    if set(body) != set(own) - set(head) or any(body[k].shape != own[k].shape for k in body):
+        was = f"the weights of {about['model']}" if about.get("model") else "weights of another architecture"
+        raise WeightsError(f"{init} holds {was}, which do not fit {model.config.name}: fine-tune the architecture the "
+                           f"checkpoint was trained as" + (f" (--model {about['model']})" if about.get("model") else ""))
+    model.load_state_dict({**body, **head}, strict=True)
+    model.normalization = about["normalization"]
+    model.init_info = {"source": str(init), **about}
     return model

@@ -163,9 +163,10 @@ class RandomResizeSchedule(ProgressiveSchedule):
                          size_multiple=size_multiple, name="random resize" + (" + adaptive" if adaptive else ""),
                          **ranges)
         self.every, self.adaptive, self.seed = every, adaptive, seed
-        rng = random.Random(seed)
-        lo, hi = self.image_size
-        self._sizes = [_round_to(rng.uniform(lo, hi), size_multiple) for _ in range(self.num_phases)]
+        rng = random.Random(seed)  # each seed its own sequence of sizes, uniform over the grid, both ends included
+        lo, hi = (int(v) for v in self.image_size)
+        grid = sorted({lo, hi, *range(_round_to(lo, size_multiple), hi + 1, size_multiple)} & set(range(lo, hi + 1)))
+        self._sizes = [rng.choice(grid) for _ in range(self.num_phases)]
 
     def phase(self, i: int) -> Phase:
         if not 0 <= i < self.num_phases:
@@ -243,12 +244,13 @@ def progressive_resize(num_phases: int, total_epochs: int, image_size=(128, 300)
 SCHEDULES = ("paper", "official", "progressive-resize", "random-resize")
 
 
-def make_schedule(kind: str, epochs: int, variant: str = "efficientnetv2_s", sizes=None) -> ProgressiveSchedule:
+def make_schedule(kind: str, epochs: int, variant: str = "efficientnetv2_s", sizes=None,
+                  seed: int = 0) -> ProgressiveSchedule:
     """A progressive schedule by name over ``epochs`` (the training CLI's ``--progressive``), optionally mapped
     onto the image-size range ``sizes`` (e.g. (16, 32) for CIFAR). ``"random-resize"`` draws a new size every
     ``max(1, epochs // 8)`` epochs, ``ceil(epochs / max(1, epochs // 8))`` sizes in all (8 when ``epochs`` is a
     multiple of 8; 10 for 20 epochs; 9 for 350 epochs, every 43), not every 8 epochs as in the paper (44 sizes in
-    350 epochs): the paper's rate would give a short run only one or two sizes."""
+    350 epochs): the paper's rate would give a short run only one or two sizes. ``seed`` draws those sizes."""
     if kind == "paper":
         s = paper_schedule(variant, epochs)
     elif kind == "official":
@@ -256,7 +258,7 @@ def make_schedule(kind: str, epochs: int, variant: str = "efficientnetv2_s", siz
     elif kind == "progressive-resize":
         s = progressive_resize(4, epochs)
     elif kind == "random-resize":
-        s = RandomResizeSchedule(epochs, every=max(1, epochs // 8))
+        s = RandomResizeSchedule(epochs, every=max(1, epochs // 8), seed=seed)
     else:
         raise ConfigError(f"unknown progressive schedule {kind!r}; known: {', '.join(SCHEDULES)}")
     return s.scaled(tuple(sizes), epochs) if sizes else s

@@ -2,22 +2,36 @@
 
 A result is one JSON file in ``data/results/<name>.json``::
 
-    {"schema_version": 1, "name": ..., "profile": "colab" | "full" | "cpu-reference", "command": ...,
-     "config": {...}, "provenance": {git_commit, git_dirty, date, hardware, device_type, versions}, "data": {...}}
+    {"schema_version": 2, "name": ..., "profile": "colab" | "full" | "cpu-reference", "command": ...,
+     "config": {...}, "data": {...},
+     "provenance": {git_commit, git_dirty, code, date, hardware, device_type, versions}}
+
+**Is a result current?** One rule, for result files and for the caches of finished runs alike: a result is current
+while the code it ran is unchanged. *The code* of a command ``python -m ev2lib.X`` is module ``X`` and every ev2lib
+module it imports, followed through the import statements (also those inside functions), except the plumbing that
+stores and labels results without computing them (:data:`PLUMBING`); each module is compared without its comments
+and docstrings. :func:`code_digests` is recorded in the provenance, :func:`stale_modules` compares it with the code
+now, :func:`code_digest` names run caches. Display code (``book``, ``report``) is never imported by a run, so
+changing it leaves every result current.
 
 ``save`` refuses a ``smoke`` profile (smoke runs prove the code works; they are never results) except in a folder
-marked as a rehearsal's (a file named :data:`REHEARSAL` in it: ci/gpu_book.py --rehearse writes its smoke records
-there), ``validate`` checks a record, ``load`` reads one.
+marked as a rehearsal's (a file named :data:`REHEARSAL` in it: the GPU kit's rehearsal writes its smoke records
+there). ``git_commit`` is the commit of the checkout ev2lib is imported from (``$EV2_GIT_COMMIT`` when it is not a
+checkout), and ``git_dirty`` says whether that checkout's ``ev2lib/`` differed from it: results written into
+``data/results`` do not count.
 
 Where: the ``directory`` argument, else ``$EV2_RESULTS_DIR``, else ``data/results`` in the current folder or the
 nearest parent folder that has one (so a chapter run from ``book/`` finds the repository's ``data/results``).
 """
 from __future__ import annotations
 
+import ast
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +39,7 @@ from pathlib import Path
 from .errors import ResultsError
 from .files import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance records the code's digests; 1 (older): a result always stale
 # The profile names every registry in ev2lib uses (training, NAS proxies, ablations, chapters' parameters):
 # smoke (CPU, offline, minutes: never a result), cpu-reference (a CPU run at the largest scale that fits),
 # colab (one GPU), full (paper scale).
@@ -33,6 +47,80 @@ PROFILES = ("smoke", "cpu-reference", "colab", "full")
 RESULT_PROFILES = PROFILES[1:]
 REQUIRED_PROVENANCE = ("git_commit", "git_dirty", "date", "hardware", "device_type", "versions")
 REHEARSAL = "REHEARSAL"  # a file of this name marks a rehearsal's results folder: smoke records may go there only
+PACKAGE = Path(__file__).resolve().parent
+# Imported by runs, but they store, label and raise: a change there changes no measured value. (The package's
+# __init__ only re-exports; book and report display results and are never imported by a run.)
+PLUMBING = ("__init__", "results", "errors", "files", "book", "report")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The code a result ran
+
+
+def code_of(source: str) -> str:
+    """What a module computes: its syntax tree without docstrings (comments never reach the tree)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def imports_of(module: str, package: Path = PACKAGE) -> set[str]:
+    """The ev2lib modules that ``module``'s own source imports, anywhere in it (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse((package / f"{module}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("ev2lib")):
+            base = (node.module or "").removeprefix("ev2lib").lstrip(".")
+            found |= {base.split(".")[0]} if base else {alias.name for alias in node.names}  # "from . import x"
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("ev2lib.")}
+    return {m for m in found if (package / f"{m}.py").exists()}
+
+
+def imported_modules(module: str, package: Path = PACKAGE) -> set[str]:
+    """``module`` and every ev2lib module it needs, followed through :func:`imports_of`."""
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        if name not in seen and (package / f"{name}.py").exists():
+            seen.add(name)
+            todo += imports_of(name, package)
+    return seen
+
+
+def code_digests(module: str, package: Path = PACKAGE) -> dict[str, str]:
+    """``{module: digest}`` of the code ``module`` runs (:func:`imported_modules` without :data:`PLUMBING`)."""
+    return {m: hashlib.sha256(code_of((package / f"{m}.py").read_text()).encode()).hexdigest()[:16]
+            for m in sorted(imported_modules(module, package) - set(PLUMBING))}
+
+
+def code_digest(module: str) -> str:
+    """One short name for :func:`code_digests` (the folder of a runner's cached runs)."""
+    return hashlib.sha256(json.dumps(code_digests(module), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def command_module(command: str) -> str | None:
+    """``X`` of a command ``python -m ev2lib.X ...``; None for another command."""
+    m = re.search(r"-m ev2lib\.(\w+)", command)
+    return m.group(1) if m else None
+
+
+def stale_modules(record: dict, package: Path = PACKAGE) -> list[str]:
+    """The modules whose code changed since ``record`` was made (every one it ran, for a record without digests)."""
+    recorded = record["provenance"].get("code") or {}
+    module = command_module(record["command"])
+    if not recorded:
+        return sorted(code_digests(module, package)) if module else ["(a record without its code's digests)"]
+    now = {m: code_digests(m, package).get(m) for m in recorded if (package / f"{m}.py").exists()}
+    return sorted(m for m, digest in recorded.items() if now.get(m) != digest)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Provenance
 
 
 def results_dir(directory: str | Path | None = None) -> Path:
@@ -45,59 +133,66 @@ def results_dir(directory: str | Path | None = None) -> Path:
                 here / "data" / "results")
 
 
+def cpu_name() -> str:
+    """The CPU's model name, e.g. "Intel(R) Xeon(R) Platinum 8480C"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device: str | None = None) -> tuple[str, str]:
     """(description, "cuda" | "cpu") of the device a measurement ran on, e.g. ("NVIDIA H100 80GB HBM3", "cuda")."""
     import torch
 
     if (device is None and torch.cuda.is_available()) or (device or "").startswith("cuda"):
         return torch.cuda.get_device_name(), "cuda"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     threads = torch.get_num_threads()
-    return f"{model} ({threads} thread{'s' if threads != 1 else ''})", "cpu"
+    return f"{cpu_name()} ({threads} thread{'s' if threads != 1 else ''})", "cpu"
 
 
-def _git(*args, cwd=None) -> str:
+def _git(*args) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "-C", str(PACKAGE.parent), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The commit of the git checkout at ``cwd`` (default: the current folder), or "unknown" outside one."""
-    return _git("rev-parse", "HEAD", cwd=cwd) or "unknown"
+def git_commit() -> str:
+    """The commit of the checkout ev2lib is imported from; ``$EV2_GIT_COMMIT`` when it is not a git checkout (a
+    copy on another machine); "unknown" otherwise, which :func:`validate` refuses."""
+    inside = _git("rev-parse", "--show-toplevel")
+    if inside and Path(inside).resolve() == PACKAGE.parent:
+        return _git("rev-parse", "HEAD") or "unknown"
+    return os.environ.get("EV2_GIT_COMMIT", "unknown")
 
 
-def code_commit(cwd: str | Path | None = None, paths=("ev2lib", "ci")) -> str:
-    """The last commit that changed the code (``paths``) of the checkout at ``cwd``: results and caches keyed by it
-    stay valid while only results, notebooks or prose are committed."""
-    return _git("log", "-1", "--format=%H", "--", *paths, cwd=cwd) or "unknown"
+def git_dirty() -> bool:
+    """Whether ev2lib's code in its checkout differs from :func:`git_commit` (results and notebooks do not count)."""
+    return bool(_git("status", "--porcelain", "--untracked-files=no", "--", PACKAGE.name))
 
 
-def provenance(device: str | None = None, cwd: str | Path | None = None) -> dict:
-    """Where, when and with what a result was produced (the commit of the git checkout at ``cwd``)."""
+def provenance(device: str | None = None, module: str | None = None) -> dict:
+    """Where, when and with what a result was produced; ``module``: the ev2lib module whose code it ran."""
+    import numpy
     import torch
     import torchvision
 
-    from . import __version__
-
     desc, kind = hardware(device)
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torchvision": torchvision.__version__, "ev2lib": __version__}
-    if kind == "cuda":
-        versions["cuda"] = torch.version.cuda
-        versions["cudnn"] = torch.backends.cudnn.version()
-    return {"git_commit": git_commit(cwd),
-            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", cwd=cwd)),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "hardware": desc, "device_type": kind, "versions": versions}
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "numpy": numpy.__version__, "ev2lib": sys.modules[__package__].__version__}  # the package is loaded
+    out = {"git_commit": git_commit(), "git_dirty": git_dirty(), "code": code_digests(module) if module else {},
+           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "hardware": desc,
+           "device_type": kind, "versions": versions}
+    if kind == "cuda":  # the host decides much of a GPU step's time: name it too
+        versions.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        out["host"] = f"{cpu_name()} ({torch.get_num_threads()} threads)"
+        out["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    return out
 
 
 def is_rehearsal(directory: str | Path | None = None) -> bool:
@@ -112,7 +207,7 @@ def validate(record: dict, name: str | None = None, rehearsal: bool = False) -> 
     for key in ("schema_version", "name", "profile", "command", "config", "provenance", "data"):
         if key not in record:
             raise ResultsError(f"{where}: missing field {key!r}")
-    if record["schema_version"] != SCHEMA_VERSION:
+    if record["schema_version"] not in (1, SCHEMA_VERSION):
         raise ResultsError(f"{where}: schema_version {record['schema_version']} is not {SCHEMA_VERSION}")
     if record["profile"] not in (PROFILES if rehearsal else RESULT_PROFILES):
         raise ResultsError(f"{where}: profile {record['profile']!r} is not a result profile {RESULT_PROFILES}")
@@ -121,12 +216,16 @@ def validate(record: dict, name: str | None = None, rehearsal: bool = False) -> 
     if not isinstance(record["config"], dict) or not isinstance(record["data"], dict) or not record["data"]:
         raise ResultsError(f"{where}: 'config' must be a dict and 'data' a non-empty dict")
     prov = record["provenance"]
-    for key in REQUIRED_PROVENANCE:
+    for key in REQUIRED_PROVENANCE + (("code",) if record["schema_version"] >= 2 else ()):
         if key not in prov:
             raise ResultsError(f"{where}: provenance lacks {key!r}")
-    if len(str(prov["git_commit"])) < 7:
-        raise ResultsError(f"{where}: provenance git_commit {prov['git_commit']!r} is not a commit")
-    _dt.datetime.fromisoformat(prov["date"])
+    if not re.fullmatch(r"[0-9a-f]{7,40}", str(prov["git_commit"])):
+        raise ResultsError(f"{where}: provenance git_commit {prov['git_commit']!r} is not a commit: record from a git "
+                           f"checkout of the book's repository (or set EV2_GIT_COMMIT)")
+    try:
+        _dt.datetime.fromisoformat(prov["date"])
+    except (TypeError, ValueError):
+        raise ResultsError(f"{where}: provenance date {prov['date']!r} is not an ISO date") from None
     if prov["device_type"] not in ("cpu", "cuda"):
         raise ResultsError(f"{where}: device_type must be 'cpu' or 'cuda'")
     for lib in ("python", "torch"):
@@ -137,14 +236,14 @@ def validate(record: dict, name: str | None = None, rehearsal: bool = False) -> 
 
 def save(name: str, data: dict, *, config: dict, command: str, profile: str, device: str | None = None,
          directory: str | Path | None = None) -> Path:
-    """Write ``<results dir>/<name>.json`` atomically with provenance. A ``smoke`` profile is refused, except in a
-    rehearsal's folder (:func:`is_rehearsal`)."""
+    """Write ``<results dir>/<name>.json`` atomically with provenance (the code of the module ``command`` runs). A
+    ``smoke`` profile is refused, except in a rehearsal's folder (:func:`is_rehearsal`)."""
     out_dir = results_dir(directory)
     rehearsal = is_rehearsal(out_dir)
     if profile == "smoke" and not rehearsal:
         raise ResultsError("a smoke run is never saved as a result: rerun with a cpu-reference, colab or full profile")
     record = {"schema_version": SCHEMA_VERSION, "name": name, "profile": profile, "command": command,
-              "config": config, "provenance": provenance(device, cwd=out_dir if out_dir.is_dir() else None), "data": data}
+              "config": config, "provenance": provenance(device, command_module(command)), "data": data}
     validate(json.loads(json.dumps(record)), name, rehearsal=rehearsal)
     return atomic_write(out_dir / f"{name}.json", json.dumps(record, indent=1) + "\n")
 
@@ -154,16 +253,24 @@ def load(name: str, directory: str | Path | None = None) -> dict:
     also yields its smoke records, so a rehearsal's chapters show what it recorded."""
     path = results_dir(directory) / f"{name}.json"
     if not path.exists():
-        raise ResultsError(f"result {name!r} is not in {path.parent}: set EV2_RESULTS_DIR to the data/results folder "
-                           f"of a checkout of the book's repository")
+        raise ResultsError(f"result {name!r} is not in the results folder: set EV2_RESULTS_DIR to the data/results "
+                           f"folder of a checkout of the book's repository")
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ResultsError(f"{path} is not valid JSON ({e}); restore it with git checkout") from None
-    record = validate(record, name, rehearsal=is_rehearsal(directory))
-    p = record["provenance"]  # results recorded before 2026-11-28 say "(1 threads)"; hardware() now says "(1 thread)"
-    p["hardware"] = str(p["hardware"]).replace("(1 threads)", "(1 thread)")
-    return record
+        raise ResultsError(f"{path.name} is not valid JSON ({e}); restore it with git checkout") from None
+    return validate(record, name, rehearsal=is_rehearsal(directory))
+
+
+def reference(stem: str, directory: str | Path | None = None) -> dict | None:
+    """The recorded reference a chapter shows for ``stem``: ``<stem>_gpu`` where one is recorded, else
+    ``<stem>_cpu``, else ``<stem>`` itself; None when none is."""
+    for name in (f"{stem}_gpu", f"{stem}_cpu", stem):
+        try:
+            return load(name, directory)
+        except ResultsError:
+            continue
+    return None
 
 
 def list_results(directory: str | Path | None = None) -> list[str]:
@@ -172,19 +279,7 @@ def list_results(directory: str | Path | None = None) -> list[str]:
 
 
 def caption(record: dict) -> str:
-    """A one-line provenance caption for figures: hardware, profile, commit and date."""
+    """A one-line provenance caption: hardware, profile, commit and date (and whether the code was uncommitted)."""
     p = record["provenance"]
-    return (f"reference: {p['hardware']}, profile {record['profile']}, commit {p['git_commit'][:7]}, "
-            f"{p['date'][:10]}")
-
-
-if __name__ == "__main__":
-    bad = 0
-    for n in list_results():
-        try:
-            load(n)
-            print(f"ok   {n}")
-        except (ResultsError, ValueError) as e:
-            bad += 1
-            print(f"FAIL {n}: {e}")
-    sys.exit(1 if bad else 0)
+    dirty = ", from uncommitted code" if p["git_dirty"] else ""
+    return f"{p['hardware']}, profile {record['profile']}, commit {p['git_commit'][:7]}{dirty}, {p['date'][:10]}"

@@ -1,22 +1,14 @@
-"""Transfer learning (paper §5.3, Tables 8 and 9): fine-tune published or saved weights on new classes.
+"""Transfer learning (paper §5.3, Tables 8 and 9): does a pretrained network learn new classes from few images
+better than one trained from scratch with the same budget? An offline experiment any machine can run.
 
-* :func:`init_model` -- a model built for the target classes gets every weight of its source but the classifier,
-  which stays freshly initialised, and the input normalisation those weights were trained with. The source is
-  ``"torchvision"`` or ``"timm"`` (published ImageNet weights, :func:`ev2lib.load_pretrained`) or an ev2lib
-  checkpoint (its EMA weights when it kept an EMA, as the official ``train.ft_init_ckpt`` reads the EMA variables).
-  ``TrainConfig.init`` and ``--init`` pass it to the training loop, which calls it in ``setup``; a fine-tuning run
-  resumes from its own checkpoint like any run. ``TrainConfig.freeze`` (e.g. ``"0-3"``) keeps the stem and stages
-  1-3 fixed (:meth:`ev2lib.EfficientNet.freeze`).
-* :data:`RECIPES` -- the fine-tuning recipe as §5.3 writes it (``"paper"``) and as the official code runs it
-  (``"official"``: its ``cifar10Ft``/``flowersFt``/... configs inherit ``ImagenetFt``), side by side.
-* :data:`SCALES` and :func:`finetune_config` -- a recipe at one of ev2lib's profile scales.
-* :class:`TransferExperiment` and :func:`run_experiment` -- an offline analogue (CIFAR-10 classes 0-4 pretrain,
-  5-9 target) of fine-tuning against training from scratch; ``python -m ev2lib.transfer --profile cpu-reference``.
+The pieces of fine-tuning live where they belong: :func:`ev2lib.model.init_model` builds a model for the target
+classes from published or saved weights (``TrainConfig.init``, ``--init``), ``TrainConfig.freeze`` keeps early
+stages fixed, and :data:`ev2lib.recipe.RECIPES` holds §5.3's recipe as the paper writes it and as the official code
+runs it (``python -m ev2lib.train --finetune paper --init torchvision ...``).
 
-The recipes differ where the paper and the code differ: the paper decays the learning rate with a cosine and
-disables weight decay; the code keeps it constant, keeps weight decay 1e-5, warms up for an epoch and averages the
-weights (EMA 0.9996). Both: RMSProp (§5.1), batch 512, learning rate 0.001, a fixed 10,000 steps, the whole image
-resized to the training size, flips and cutout (a random-valued box of half the side).
+This module is the experiment: :class:`TransferExperiment` and :func:`run_experiment` pretrain on CIFAR-10's
+classes 0-4 and fine-tune on classes 5-9 against training from scratch;
+``python -m ev2lib.transfer --profile cpu-reference``.
 """
 from __future__ import annotations
 
@@ -28,111 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, TrainingError, WeightsError, cli_main
-from .files import json_cache, load_torch
-from .weights import SOURCES, load_pretrained
-
-RECIPES = {
-    # §5.3: "smaller batch size 512, smaller initial learning rate 0.001 with cosine decay ... fixed 10,000 steps.
-    # Since each model is finetuned with very few steps, we disable weight decay and use a simple cutout data
-    # augmentation." The optimizer is §5.1's RMSProp; nothing else is named, so nothing else is on.
-    "paper": dict(batch_size=512, optimizer="rmsprop", lr=0.001, lr_schedule="cosine", warmup_epochs=0.0,
-                  steps=10_000, weight_decay=0.0, crop="resize", cutout=0.5, label_smoothing=0.0, ema_decay=0.0),
-    # The official code (ImagenetFt, which the transfer configs inherit): constant LR after a 1-epoch warm-up,
-    # weight decay 1e-5, EMA 0.9996, label smoothing 0.1, dropout ~0 (1e-6), survival 0.8 (drop path 0.2).
-    "official": dict(batch_size=512, optimizer="rmsprop", lr=0.001, lr_schedule="constant", warmup_epochs=1.0,
-                     steps=10_000, weight_decay=1e-5, crop="resize", cutout=0.5, label_smoothing=0.1,
-                     ema_decay=0.9996, dropout=1e-6, drop_path_rate=0.2),
-}
-REFERENCE_BATCH = 512  # the recipes' batch: a smaller batch gets a proportionally smaller learning rate
-
-# The scales, by ev2lib's profile names. The paper fine-tunes at the ImageNet evaluation size (384 for V2-S).
-SCALES = {
-    # CPU, offline: a CIFAR-sized network on classes 5-9 of the shared CIFAR-10, from a checkpoint you pass as init.
-    "smoke": dict(model="efficientnetv2_cifar_half", data="cifar10", classes="5-9", image_size=32, batch_size=32,
-                  steps=20, train_subset=256, val_images=0, eval_subset=256, log_every=5),
-    # CPU reference: the offline experiment's fine-tuning runs (pretrained on classes 0-4, see the chapter).
-    "cpu-reference": dict(model="efficientnetv2_cifar_half", data="cifar10", classes="5-9", image_size=32,
-                          batch_size=64, steps=500),
-    # One Colab GPU: torchvision's ImageNet V2-S at 224 px, 1,000 steps of 64 (an eightieth of the paper's images),
-    # resized and cut out on the GPU: about 10 minutes on a T4 (an estimate until the GPU kit has timed it).
-    "colab": dict(model="efficientnetv2_s", init="torchvision", data="cifar10", image_size=224, batch_size=64,
-                  steps=1000, augment_on="device"),
-    # The paper: V2-S at its evaluation size, batch 512, 10,000 steps.
-    "full": dict(model="efficientnetv2_s", init="torchvision", data="cifar10", image_size=384, batch_size=512,
-                 steps=10_000, num_workers=8),
-}
-
-
-def load_weights(path: str | Path) -> tuple[dict, dict]:
-    """``(state dict, about)`` saved at ``path``: an ev2lib training checkpoint (its EMA weights when it has them;
-    ``about`` holds its ``model`` name, ``normalization`` and ``padding``) or a plain state dict such as ``model.pt``
-    (``about`` is then empty: the scratch normalisation and symmetric padding are assumed)."""
-    state = load_torch(path)
-    if isinstance(state, dict) and "model" in state and "step" in state:
-        weights = state["model"]
-        if state.get("ema"):  # AveragedModel's state dict: "module.<name>" plus its counter "n_averaged"
-            weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-        about = {"model": state.get("config", {}).get("model"), "normalization": state.get("normalization"),
-                 "padding": state.get("padding", "symmetric")}
-        return weights, {k: v for k, v in about.items() if v is not None}
-    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state, {}
-    raise WeightsError(f"{path} is neither an ev2lib training checkpoint nor a state dict of tensors")
-
-
-def init_model(name, num_classes: int, init: str = "", **create_kw):
-    """:func:`ev2lib.create_model` for ``num_classes``, initialised from ``init`` (see the module docstring).
-
-    ``init``: ``""`` (from scratch), ``"torchvision"`` / ``"timm"`` (published ImageNet weights, with the padding
-    they need) or the path of an ev2lib checkpoint. Every tensor but the classifier's comes from the source, bit for
-    bit; the classifier is new, for ``num_classes``, also when the source had as many classes: continuing a run on
-    the same task is resuming it (the same ``--out``), not initialising from it.
-    """
-    from .model import create_model
-
-    if not init:
-        return create_model(name, num_classes=num_classes, **create_kw)
-    if init in SOURCES:
-        model = create_model(name, num_classes=num_classes, padding="same" if init == "timm" else "symmetric",
-                             **create_kw)
-        return load_pretrained(model, source=init)
-    path = Path(init)
-    if not path.is_file():
-        raise WeightsError(f"init {init!r} is neither a weights source ({', '.join(SOURCES)}) nor a checkpoint file: "
-                           f"pass --init torchvision, --init timm or the path of an ev2lib checkpoint.pt")
-    weights, about = load_weights(path)
-    model = create_model(name, num_classes=num_classes, padding=about.get("padding", "symmetric"), **create_kw)
-    own = model.state_dict()
-    head = {k: v for k, v in own.items() if k.startswith("classifier.")}
-    body = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
-    if set(body) != set(own) - set(head) or any(body[k].shape != own[k].shape for k in body):
-        source = about.get("model", "another architecture")
-        raise WeightsError(f"checkpoint {path} holds the weights of {source}, which do not fit {model.config.name}: "
-                           f"fine-tune the architecture the checkpoint was trained as (--model {source})")
-    model.load_state_dict({**body, **head}, strict=True)
-    if "normalization" in about:
-        model.normalization = tuple(tuple(float(v) for v in t) for t in about["normalization"])
-    return model
-
-
-def finetune_config(profile: str = "smoke", recipe: str = "paper", **overrides):
-    """A :class:`ev2lib.train.TrainConfig` for fine-tuning: ``RECIPES[recipe]`` at ``SCALES[profile]``, the learning
-    rate scaled with the batch (0.001 at 512, as the official ``lr_base`` 0.0005 per 256), then ``overrides``."""
-    from .train import TrainConfig
-
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown fine-tuning recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    if profile not in SCALES:
-        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(SCALES)}")
-    fields = {**RECIPES[recipe], **SCALES[profile], **overrides}
-    if "lr" not in overrides:
-        fields["lr"] = RECIPES[recipe]["lr"] * fields["batch_size"] / REFERENCE_BATCH
-    bad = set(fields) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if bad:
-        raise ConfigError(f"unknown TrainConfig field(s) {sorted(bad)}")
-    return TrainConfig(**fields)
-
+from .errors import ConfigError, TrainingError, cli_main
+from .files import json_cache
+from .recipe import finetune_config
+from .stats import interval, paired
 
 # ----------------------------------------------------------------------------------------------------------
 # An offline transfer experiment: pretrain on CIFAR-10 classes 0-4, fine-tune on classes 5-9
@@ -226,14 +117,21 @@ def run_experiment(profile: str | TransferExperiment = "smoke", cache: str | Pat
     seed with it. ``cache``: a folder where the source checkpoint and every finished run are kept (resumable)."""
     import tempfile
 
-    from tqdm.auto import tqdm
-
-    from .ablations import interval
-    from .results import code_commit, hardware
+    from .results import code_digest, hardware
 
     e = profile if isinstance(profile, TransferExperiment) else EXPERIMENTS[profile]
-    tmp = tempfile.TemporaryDirectory(prefix="ev2_transfer_")
-    folder = Path(cache) / f"{code_commit()[:12]}-{e.digest()}" if cache else Path(tmp.name)
+    with tempfile.TemporaryDirectory(prefix="ev2_transfer_") as tmp:
+        folder = Path(cache) / f"{code_digest('transfer')}-{e.digest()}" if cache else Path(tmp)
+        cells, source = _run_cells(e, folder, Path(tmp), cache is not None, progress)
+    return {"experiment": dataclasses.asdict(e), "source": source, "cells": cells,
+            "summary": summarize_transfer(cells), "device": hardware()[0]}
+
+
+def _run_cells(e: TransferExperiment, folder: Path, tmp: Path, keep: bool, progress: bool):
+    """Pretrain into ``folder``, then every (size, method) cell: the learning rate tuned on validation (seed 0),
+    then the other seeds at it. Finished runs are kept in ``folder / "runs"`` when ``keep``."""
+    from tqdm.auto import tqdm
+
     source = pretrain(e, folder / "source", progress)
     grid = {"fine-tuned": e.finetune_lrs, "scratch": e.scratch_lrs}
     total = sum(len(grid[m]) + len(e.seeds) - 1 for m in METHODS) * len(e.sizes)
@@ -241,8 +139,8 @@ def run_experiment(profile: str | TransferExperiment = "smoke", cache: str | Pat
 
     def run(method, size, lr, seed):
         slug = f"{method}_{size}_lr{lr:g}_seed{seed}"
-        rec = json_cache(folder / "runs" / f"{slug}.json" if cache else None,
-                           lambda: target_run(e, method, size, lr, seed, source["checkpoint"], Path(tmp.name) / slug))
+        rec = json_cache(folder / "runs" / f"{slug}.json" if keep else None,
+                         lambda: target_run(e, method, size, lr, seed, source["checkpoint"], tmp / slug))
         bar.update()
         return rec
 
@@ -258,24 +156,15 @@ def run_experiment(profile: str | TransferExperiment = "smoke", cache: str | Pat
             cells.append({"method": method, "size": size, "lr": best["lr"], "tuning": tuning, "runs": runs,
                           "test_acc": interval([r["test_acc"] for r in runs if r["test_acc"] is not None])})
     bar.close()
-    tmp.cleanup()
-    return {"experiment": dataclasses.asdict(e), "source": source, "cells": cells,
-            "summary": summarize_transfer(cells), "device": hardware()[0]}
+    return cells, source
 
 
 def summarize_transfer(cells: list[dict]) -> dict:
     """Per target size: fine-tuned minus scratch test accuracy, paired by seed (seeds where either run diverged are
     left out, and ``n`` says how many remain), with its 95 % interval."""
-    from .ablations import interval
-
     by = {(c["method"], c["size"]): c for c in cells}
-    out = {}
-    for (method, size), ft in by.items():
-        sc = by.get(("scratch", size))
-        if method == "fine-tuned" and sc is not None:
-            scratch = {r["seed"]: r["test_acc"] for r in sc["runs"] if r["test_acc"] is not None}
-            out[str(size)] = interval([r["test_acc"] - scratch[r["seed"]] for r in ft["runs"]
-                                       if r["seed"] in scratch and r["test_acc"] is not None])
+    out = {str(size): paired(ft["runs"], by[("scratch", size)]["runs"], "test_acc")
+           for (method, size), ft in by.items() if method == "fine-tuned" and ("scratch", size) in by}
     return {"test_acc_gain_finetuned_minus_scratch": out}
 
 

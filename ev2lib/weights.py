@@ -152,3 +152,39 @@ def load_pretrained(model, source: str = "torchvision", path: str | None = None,
     model.load_state_dict(state, strict=True)
     model.normalization = (info.mean, info.std)
     return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ev2lib's own files: a training checkpoint, or the final weights a run writes (model.pt)
+
+# The official from-scratch input normalisation, (x - 128) / 128, in 0-255 pixel units: (mean, std) per channel.
+SCRATCH_NORMALIZATION = ((128.0, 128.0, 128.0), (128.0, 128.0, 128.0))
+ASSUMED = "a bare state dict: assumed the from-scratch normalisation (x - 128) / 128 and symmetric padding"
+
+
+def weights_file(model) -> dict:
+    """What a run's final ``model.pt`` holds: the state dict, and what a model built from it needs besides
+    (the model's name, its padding and input normalisation), so fine-tuning from it computes what it trained."""
+    return {"model": model.state_dict(), "name": model.config.name, "padding": model.padding,
+            "normalization": [list(v) for v in model.normalization]}
+
+
+def load_weights(path) -> tuple[dict, dict]:
+    """``(state dict, about)`` saved at ``path``. ``about`` holds ``model`` (its name, where known), ``padding``,
+    ``normalization`` and, for a bare state dict of tensors (which says neither), ``assumed`` (:data:`ASSUMED`).
+
+    Reads an ev2lib training checkpoint (its EMA weights when it kept an EMA, as the official
+    ``train.ft_init_ckpt`` reads the EMA variables), a ``model.pt`` (:func:`weights_file`) or a bare state dict."""
+    state = load_torch(path)
+    if isinstance(state, dict) and "model" in state and ("step" in state or "name" in state):
+        weights = state["model"]
+        if state.get("ema"):  # AveragedModel's state dict: "module.<name>" plus its counter "n_averaged"
+            weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        name = state.get("name") or state.get("config", {}).get("model")
+        norm = state.get("normalization") or SCRATCH_NORMALIZATION
+        return weights, {"model": name, "padding": state.get("padding", "symmetric"),
+                         "normalization": tuple(tuple(float(v) for v in t) for t in norm)}
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state, {"model": None, "padding": "symmetric", "normalization": SCRATCH_NORMALIZATION,
+                       "assumed": ASSUMED}
+    raise WeightsError(f"{path} is neither an ev2lib checkpoint or model.pt nor a state dict of tensors")

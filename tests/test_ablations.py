@@ -9,7 +9,7 @@ import torch
 
 import ev2lib.train
 from ev2lib import ablations, results
-from ev2lib.ablations import PROFILES, cells, get_profile, interval, main, result_name, run_table, save_table, summarize
+from ev2lib.ablations import PROFILES, cells, get_profile, main, result_name, run_table, save_table, summarize
 from ev2lib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,13 +56,6 @@ def _run(seed, val, test, secs, curve=None):
 def _cell(name, runs, **coords):
     return {"name": name, "coords": coords, "runs": runs,
             "val_acc_mean": sum(r["val_acc"] for r in runs) / len(runs)}
-
-
-def test_interval_is_the_student_t_interval():
-    ci = interval([0.01, 0.02, 0.03])
-    assert ci["mean"] == pytest.approx(0.02) and ci["ci95"] == pytest.approx([0.02 - 4.303 * 0.01 / 3 ** 0.5,
-                                                                              0.02 + 4.303 * 0.01 / 3 ** 0.5])
-    assert interval([0.5])["ci95"] is None
 
 
 def test_table12_tunes_the_baseline_on_validation_and_reports_test():

@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ev2lib import augment as aug
 from ev2lib import data
+from ev2lib import randaugment as ra
 from ev2lib.data import DataError
 
 
@@ -86,7 +88,7 @@ def _coordinates(side=200):
 def test_random_resized_crop_geometry_and_flips():
     img, areas, ratios, flips = _coordinates(), [], [], 0
     for seed in range(300):
-        out = data.augment(img, seed, image_size=32, crop="rrc").float()
+        out = aug.augment(img, seed, image_size=32, crop="rrc").float()
         cols, rows = out[0, 16], out[1, :, 16]
         w, h = abs(cols[-1] - cols[0]) * 32 / 31 + 1, (rows[-1] - rows[0]) * 32 / 31 + 1  # box side in pixels
         areas.append(w * h / 200**2)
@@ -95,16 +97,16 @@ def test_random_resized_crop_geometry_and_flips():
     assert 0.04 <= min(areas) < 0.15 and max(areas) > 0.8 and max(areas) <= 1.02  # official area range 0.05-1
     assert 0.7 <= min(ratios) < 0.85 and 1.2 < max(ratios) <= 1.4  # aspect 3/4-4/3
     assert 115 <= flips <= 185  # half the images flipped (binomial 300 x 0.5, 4 sigma)
-    assert torch.equal(data.augment(img, 7, 32), data.augment(img, 7, 32))
+    assert torch.equal(aug.augment(img, 7, 32), aug.augment(img, 7, 32))
     state = torch.get_rng_state()
-    data.augment(img, 7, 32, randaug_magnitude=10)
+    aug.augment(img, 7, 32, randaug_magnitude=10)
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
 
 
 def test_pad_crop_shifts_by_at_most_4_pixels():
     img = _coordinates(32)
     for seed in range(50):
-        out = data.augment(img, seed, image_size=32, crop="pad")
+        out = aug.augment(img, seed, image_size=32, crop="pad")
         shift = (out[1, 16, 16].int() - 16)  # rows are never flipped
         assert -4 <= shift <= 4
 
@@ -113,13 +115,13 @@ def test_pad_crop_shifts_by_at_most_4_pixels():
 def test_mix_batch_label_weights_are_the_mixed_proportions(mixup, cutmix):
     values = torch.arange(8) * 30.0  # image i is one flat colour, class i
     x = values.view(8, 1, 1, 1).expand(8, 3, 16, 16).to(torch.uint8)
-    xm, ym = data.mix_batch(x, torch.arange(8), 8, mixup, cutmix, seed=3)
+    xm, ym = aug.mix_batch(x, torch.arange(8), 8, mixup, cutmix, seed=3)
     assert ym.shape == (8, 8) and torch.allclose(ym.sum(1), torch.ones(8))
     assert (ym.max(1).values < 1).all()  # every image was mixed with another one
     # Mean pixel = sum over classes of label weight x that class's colour: the weights are the proportions.
     assert torch.allclose(xm.mean((1, 2, 3)), ym @ values, atol=0.5)
-    again = data.mix_batch(x, torch.arange(8), 8, mixup, cutmix, seed=3)
-    assert torch.equal(again[0], xm) and not torch.equal(data.mix_batch(x, torch.arange(8), 8, mixup, cutmix, 4)[0], xm)
+    again = aug.mix_batch(x, torch.arange(8), 8, mixup, cutmix, seed=3)
+    assert torch.equal(again[0], xm) and not torch.equal(aug.mix_batch(x, torch.arange(8), 8, mixup, cutmix, 4)[0], xm)
 
 
 def _image_folder(root, n=8):
@@ -150,12 +152,12 @@ def test_persistent_workers_see_new_augmentation_without_rebuild(tmp_path):
 def _seeded_rand_augment(img, magnitude, seed):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return data.rand_augment(img, magnitude)
+        return ra.rand_augment(img, magnitude)
 
 
 def test_randaug_op_args_follow_the_official_formulas_and_extrapolate():
-    assert data.RANDAUG_OPS[:3] == ("AutoContrast", "Equalize", "Invert") and len(set(data.RANDAUG_OPS)) == 16
-    args = lambda op, m, side=224: data.op_args(op, m, side)[0]  # noqa: E731
+    assert ra.OPS[:3] == ("AutoContrast", "Equalize", "Invert") and len(set(ra.OPS)) == 16
+    args = lambda op, m, side=224: ra.op_args(op, m, side)[0]  # noqa: E731
     assert args("Rotate", 10) == pytest.approx(30) and args("Rotate", 15) == pytest.approx(45)  # not clamped at 10
     assert args("ShearX", 10) == pytest.approx(0.3) and args("ShearY", 20) == pytest.approx(0.6)
     assert args("TranslateX", 10) == pytest.approx(100) and args("TranslateY", 20, 32) == pytest.approx(200 / 7)
@@ -164,9 +166,9 @@ def test_randaug_op_args_follow_the_official_formulas_and_extrapolate():
     assert [args("Solarize", m) for m in (0, 5, 10)] == [0, 128, 256]  # fewer pixels inverted as m rises
     assert args("SolarizeAdd", 10) == 110 and args("SolarizeAdd", 20) == 220
     assert args("Cutout", 10) == 40 and args("Cutout", 20, 32) == 11  # int(2 * 40/224 * 32)
-    assert all(data.op_args(op, 20, 32) == () for op in ("AutoContrast", "Equalize", "Invert"))
+    assert all(ra.op_args(op, 20, 32) == () for op in ("AutoContrast", "Equalize", "Invert"))
     with pytest.raises(DataError, match="unknown RandAugment op 'Identity'"):
-        data.op_args("Identity", 5, 32)
+        ra.op_args("Identity", 5, 32)
 
 
 def _line_angle(img):
@@ -180,31 +182,31 @@ def test_randaug_geometric_ops_move_pixels_as_the_official_code():
     bar = torch.zeros(3, 65, 65, dtype=torch.uint8)
     bar[:, 32, 8:57] = 255  # a horizontal bar through the centre
     for sign in (1, -1):
-        turned = data._APPLY["Rotate"](bar, sign * data.op_args("Rotate", 15, 65)[0])
+        turned = ra.APPLY["Rotate"](bar, sign * ra.op_args("Rotate", 15, 65)[0])
         assert min(abs(_line_angle(turned) - a) for a in (45, 135)) < 2  # magnitude 15: 45 degrees
     column = torch.zeros(3, 40, 40, dtype=torch.uint8)
     column[:, :, 30] = 255
-    sheared = data._APPLY["ShearX"](column, data.op_args("ShearX", 20, 40)[0])  # input (x + 0.6 y, y)
+    sheared = ra.APPLY["ShearX"](column, ra.op_args("ShearX", 20, 40)[0])  # input (x + 0.6 y, y)
     assert [int(torch.nonzero(sheared[0, y] == 255)[0]) for y in (0, 10, 20)] == [30, 24, 18]
-    assert sheared[0, 39, 39] == data.RANDAUG_FILL  # uncovered pixels are grey 128
+    assert sheared[0, 39, 39] == ra.FILL  # uncovered pixels are grey 128
     dot = torch.zeros(3, 64, 64, dtype=torch.uint8)
     dot[:, 10, 5] = 255
-    moved = data._APPLY["TranslateX"](dot, data.op_args("TranslateX", 10, 64)[0])  # 100/224 * 64 = 28.6 px
+    moved = ra.APPLY["TranslateX"](dot, ra.op_args("TranslateX", 10, 64)[0])  # 100/224 * 64 = 28.6 px
     assert abs(int(torch.nonzero(moved[0, 10] == 255)[0]) - 5 - 28.6) <= 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        cut = data._APPLY["Cutout"](torch.zeros(3, 224, 224, dtype=torch.uint8), data.op_args("Cutout", 10, 224)[0])
-    rows, cols = torch.nonzero(cut[0] == data.RANDAUG_FILL, as_tuple=True)
+        cut = ra.APPLY["Cutout"](torch.zeros(3, 224, 224, dtype=torch.uint8), ra.op_args("Cutout", 10, 224)[0])
+    rows, cols = torch.nonzero(cut[0] == ra.FILL, as_tuple=True)
     assert 0 < rows.max() - rows.min() + 1 <= 80 and 0 < cols.max() - cols.min() + 1 <= 80  # box of side 2 x 40
 
 
 def test_randaug_magnitude_0_keeps_the_level_dependent_ops_official():
     img = data.synthetic(1, size=32)[0][0]
     for op in ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd"):
-        assert torch.equal(data._APPLY[op](img, *data.op_args(op, 0, 32)), img), op  # zero-range ops: identity
-    assert torch.equal(data._APPLY["Solarize"](img, *data.op_args("Solarize", 0, 32)), 255 - img)  # threshold 0
-    assert data._APPLY["Brightness"](img, *data.op_args("Brightness", 0, 32)).float().mean() < 0.11 * img.float().mean() + 1
-    assert int(data._APPLY["Posterize"](img, *data.op_args("Posterize", 0, 32)).max()) == 0  # 0 bits
+        assert torch.equal(ra.APPLY[op](img, *ra.op_args(op, 0, 32)), img), op  # zero-range ops: identity
+    assert torch.equal(ra.APPLY["Solarize"](img, *ra.op_args("Solarize", 0, 32)), 255 - img)  # threshold 0
+    assert ra.APPLY["Brightness"](img, *ra.op_args("Brightness", 0, 32)).float().mean() < 0.11 * img.float().mean() + 1
+    assert int(ra.APPLY["Posterize"](img, *ra.op_args("Posterize", 0, 32)).max()) == 0  # 0 bits
 
 
 def test_randaug_magnitude_20_perturbs_images_more_than_10():
@@ -224,16 +226,16 @@ def test_rand_augment_is_uint8_same_shape_and_deterministic_from_the_seed():
     assert all(o.dtype == torch.uint8 and o.shape == img.shape for o in outs)
     assert torch.equal(outs[0], outs[1]) and not all(torch.equal(outs[0], o) for o in outs[2:])
     with pytest.raises(DataError, match="one uint8"):
-        data.rand_augment(img.float(), 10)
+        ra.rand_augment(img.float(), 10)
 
 
 def test_eval_resize_crops_below_320_and_squashes_above():
     x = torch.zeros(2, 3, 200, 300, dtype=torch.uint8)
-    assert data.eval_resize(x, 224).shape == (2, 3, 224, 224)
-    assert data.eval_resize(x, 384).shape == (2, 3, 384, 384)
+    assert aug.eval_resize(x, 224).shape == (2, 3, 224, 224)
+    assert aug.eval_resize(x, 384).shape == (2, 3, 384, 384)
     x[..., :50] = 255  # squash keeps the left band, a centre crop cuts it away
-    assert data.eval_resize(x, 384)[..., 0].float().mean() > 200 and data.eval_resize(x, 224)[..., 0].float().mean() < 10
-    assert data.eval_resize(x, 224, crop=False)[..., 0].float().mean() > 200  # CIFAR-style: never crop
+    assert aug.eval_resize(x, 384)[..., 0].float().mean() > 200 and aug.eval_resize(x, 224)[..., 0].float().mean() < 10
+    assert aug.eval_resize(x, 224, crop=False)[..., 0].float().mean() > 200  # CIFAR-style: never crop
 
 
 def test_validation_hold_out_is_the_same_for_every_seed_and_disjoint_from_training():

@@ -243,3 +243,16 @@ def test_cli_errors_are_one_line():
     r = subprocess.run([sys.executable, "-m", "ev2lib.summary", "efficientnetv2_s", "--image-size", "8"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "at least 32x32" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name,padding", [("efficientnetv2_s", "symmetric"), ("efficientnetv2_b0", "same"),
+                                          ("efficientnet_b0", "symmetric")])
+def test_torch_compile_traces_the_whole_network_as_one_graph(name, padding):
+    """torch.compile sees one graph without breaks (training mode: stochastic depth and dropout on), so it compiles
+    the network once instead of block by block (a break per block used to recompile each until dynamo's limit)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = ev2lib.create_model(name, drop_path_rate=0.2, padding=padding).train()
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

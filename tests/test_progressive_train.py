@@ -29,8 +29,8 @@ def test_progressive_run_killed_in_phase_2_resumes_bit_identical(tmp_path):
     resumed = train_subprocess({**FIELDS, "out": str(tmp_path / "run")}, progressive=SCHEDULE)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert any(r.get("event") == "resume" and r["step"] == 12 for r in read_log(tmp_path / "run"))
-    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The same losses step by step after the resume, and the same phases per epoch.
     ref_loss = {r["step"]: r["loss"] for r in read_log(tmp_path / "ref") if "loss" in r}

@@ -129,10 +129,11 @@ def test_a_regular_install_finds_the_reference_results_from_the_book_folder(tmp_
 
 
 def test_every_profile_registry_uses_the_same_names():
-    from ev2lib import ablations, nas, train, transfer
+    from ev2lib import ablations, proxy, recipe, train, transfer
 
-    for name, registry in (("train.PROFILES", train.PROFILES), ("nas.PROXIES", nas.PROXIES),
-                           ("ablations.PROFILES", ablations.PROFILES), ("transfer.SCALES", transfer.SCALES),
+    for name, registry in (("train.PROFILES", train.PROFILES), ("proxy.PROXIES", proxy.PROXIES),
+                           ("proxy.LONG_PROXIES", proxy.LONG_PROXIES),
+                           ("ablations.PROFILES", ablations.PROFILES), ("recipe.SCALES", recipe.SCALES),
                            ("transfer.EXPERIMENTS", transfer.EXPERIMENTS)):
         assert set(registry) == set(results.PROFILES), f"{name} has {sorted(registry)}, not {results.PROFILES}"
 
@@ -225,71 +226,98 @@ def _current_module():
     return module
 
 
-def test_reference_script_knows_which_code_each_result_depends_on():
-    current = _current_module()
-    ablation = current.imported_modules("ablations")
-    assert {"ablations", "train", "data", "model", "progressive", "files", "results", "__init__"} <= ablation
-    assert not {"nas", "bench", "book"} & ablation  # a change to the search leaves the ablations current
-    assert set(current.PLUMBING) == {"results", "errors"}  # imported, but they label and store, not compute
-    assert {"nas", "bench", "train", "model"} <= current.imported_modules("nas")
+def test_the_code_of_a_result_is_the_modules_its_command_imports_without_plumbing():
+    ablation = set(results.code_digests("ablations"))
+    assert {"ablations", "train", "data", "augment", "model", "progressive", "stats"} <= ablation
+    assert not {"search", "bench", "book", "report", "results", "errors", "__init__"} & ablation  # not run by it
+    assert {"search", "proxy", "nas", "bench", "train", "model"} <= set(results.code_digests("search"))
+    assert results.command_module("python -m ev2lib.ablations --table 12 --save") == "ablations"
+
+
+def _package_copy(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT / "ev2lib", tmp_path / "ev2lib", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path / "ev2lib"
 
 
 def test_a_result_is_current_until_the_code_it_ran_changes(tmp_path, monkeypatch):
+    package = _package_copy(tmp_path)
+    monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path / "results"))
+    record = results.load(results.save("probe", {"x": 1}, config={}, profile="cpu-reference",
+                                       command="python -m ev2lib.summary efficientnetv2_s").stem)
+    assert set(record["provenance"]["code"]) == {"summary", "model", "blocks", "configs", "scaling", "weights"}
+    assert results.stale_modules(record, package) == []
+    source = (package / "model.py").read_text()
+    (package / "model.py").write_text(source.replace('"""The network builder', '"""Reworded: the builder', 1)
+                                      + "\n# a comment\n")
+    assert results.stale_modules(record, package) == []  # comments and docstrings are not code
+    (package / "model.py").write_text(source.replace("stride=s.stride", "stride=s.stride  # same", 1)
+                                      .replace("idx += 1", "idx += 2", 1))
+    assert results.stale_modules(record, package) == ["model"]
+    (package / "book.py").write_text("x = 1\n")  # display code: no run imports it
+    assert results.stale_modules(record, package) == ["model"]
+    legacy = {**record, "provenance": {k: v for k, v in record["provenance"].items() if k != "code"}}
+    assert "summary" in results.stale_modules(legacy, package)  # recorded without digests: always stale
+
+
+def test_run_caches_follow_the_same_rule(tmp_path):
+    package = _package_copy(tmp_path)
+    before = results.code_digests("ablations", package)
+    (package / "book.py").write_text("y = 2\n")
+    assert results.code_digests("ablations", package) == before  # display code changes no cached run
+    (package / "augment.py").write_text((package / "augment.py").read_text().replace("PAD = 4", "PAD = 2"))
+    assert results.code_digests("ablations", package)["augment"] != before["augment"]
+
+
+def test_current_also_checks_the_runtime_pins_of_a_cpu_reference(tmp_path, monkeypatch):
+    current = _current_module()
+    pins = "torch==2.14.1\ntorchvision==0.29.1\nnumpy==2.4.6\ntqdm==4.70.1\njupyter-book==1.0.4.post1\n"
+    assert current.runtime_pins(pins) == {"torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2.4.6"}
+    monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path))
+    path = results.save("pinned", {"x": 1}, config={}, profile="cpu-reference", command="python -m ev2lib.summary")
+    assert current.stale_because("pinned") is None  # the venv runs the pins
+    record = json.loads(path.read_text())
+    record["provenance"]["versions"]["torch"] = "2.9.0+cpu"
+    path.write_text(json.dumps(record))
+    assert "torch 2.9.0+cpu -> 2.14.1" in current.stale_because("pinned")
+    assert "not in the results folder" in current.stale_because("no_such_result")
+
+
+def test_provenance_names_the_checkout_of_the_package_wherever_the_results_go(tmp_path, monkeypatch):
+    """The GPU kit writes into OUT outside the checkout: the commit is still the checkout's, and a copy of the
+    package outside any checkout records "unknown", which validate refuses."""
     import subprocess
 
-    current = _current_module()
-    monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path))
-    path = results.save("summary_probe", {"x": 1}, config={}, profile="cpu-reference",
-                        command="python -m ev2lib.summary efficientnetv2_s")
+    monkeypatch.chdir(tmp_path)
+    path = results.save("outside", {"x": 1}, config={}, profile="colab", command="python -m ev2lib.summary",
+                        directory=tmp_path / "OUT" / "results")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert json.loads(path.read_text())["provenance"]["git_commit"] == head
     record = json.loads(path.read_text())
-
-    def recorded_at(*rev):
-        sha = subprocess.run(["git", *rev], cwd=ROOT, capture_output=True, text=True).stdout.split()[0]
-        record["provenance"]["git_commit"] = sha
-        path.write_text(json.dumps(record))
-
-    recorded_at("rev-parse", "HEAD")
-    assert current.stale_because("summary_probe") is None  # recorded at HEAD: nothing changed since
-    recorded_at("rev-list", "--max-parents=0", "HEAD")  # the first commit: the summary code changed since
-    why = current.stale_because("summary_probe")
-    assert why and ("ev2lib/summary.py" in why or "not in this repository" in why), why
-    assert "not in" in current.stale_because("no_such_result")
+    record["provenance"]["git_commit"] = "unknown"
+    with pytest.raises(results.ResultsError, match="not a commit"):
+        results.validate(record)
 
 
-def test_hardware_says_thread_for_one_thread_also_in_older_records(tmp_path, monkeypatch):
-    monkeypatch.setenv("EV2_RESULTS_DIR", str(tmp_path))
-    path = results.save("thread_probe", {"x": 1}, config={}, profile="cpu-reference", command="python -m ev2lib.bench")
-    record = json.loads(path.read_text())
-    record["provenance"]["hardware"] = "Intel(R) Xeon(R) Processor (1 threads)"  # as hardware() wrote it before
-    path.write_text(json.dumps(record))
-    assert results.load("thread_probe")["provenance"]["hardware"] == "Intel(R) Xeon(R) Processor (1 thread)"
-    import torch
+def test_git_dirty_ignores_results_and_notebooks_but_not_the_code(tmp_path):
+    import shutil
+    import subprocess
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert results.hardware("cpu")[0].endswith("(1 thread)")
-    finally:
-        torch.set_num_threads(threads)
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "ev2lib", repo / "ev2lib", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "data" / "results").mkdir(parents=True)
+    (repo / "data" / "results" / "old.json").write_text("{}")
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, check=True)  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from ev2lib import results; "
+            "print(results.git_dirty(), results.git_commit()[:7])")
+    run = lambda: subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, text=True)  # noqa: E731
+    import sys
 
-
-def test_comments_and_docstrings_alone_leave_a_result_current():
-    current = _current_module()
-    before = 'def lr(step):\n    """Peak 0.4."""\n    return 0.4 * step  # linear warmup\n'
-    reworded = '"""The schedule."""\ndef lr(step):\n    """Peak 0.4, §5.1."""\n    # warm up linearly\n    return 0.4 * step\n'
-    assert current.code_of(reworded) == current.code_of(before)
-    assert current.code_of(before.replace("0.4 * step", "0.2 * step")) != current.code_of(before)
-    assert current.code_of(before.replace('"""Peak 0.4."""', "x = 1")) != current.code_of(before)
-
-
-def test_only_the_runtime_pins_make_a_result_stale():
-    current = _current_module()
-    before = "torch==2.14.1\ntorchvision==0.29.1\nnumpy==2.4.6\ntqdm==4.70.1\njupyter-book==1.0.4.post1\n"
-    assert current.runtime_pins(before) == {"torch": "torch==2.14.1", "torchvision": "torchvision==0.29.1",
-                                            "numpy": "numpy==2.4.6", "tqdm": "tqdm==4.70.1"}
-    book_tooling = before.replace("jupyter-book==1.0.4.post1", "jupyter-book==1.0.5") + "sphinx-mathjax-offline==0.0.2\n"
-    assert current.runtime_pins(book_tooling) == current.runtime_pins(before)
-    assert current.runtime_pins(before.replace("torch==2.14.1", "torch==2.15.0")) != current.runtime_pins(before)
-    assert set(current.RUNTIME) == {"torch", "torchvision", "numpy", "tqdm"}
-    deps = re.search(r"^dependencies = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S).group(1)
-    assert {re.split(r"[<>=\[ ]", d.strip().strip('"'))[0] for d in deps.split(",") if d.strip()} == set(current.RUNTIME)
+    (repo / "data" / "results" / "old.json").write_text('{"new": 1}')  # a recording's own earlier write
+    assert run().stdout.split()[0] == "False"
+    (repo / "ev2lib" / "stats.py").write_text((repo / "ev2lib" / "stats.py").read_text() + "\nX = 1\n")
+    assert run().stdout.split()[0] == "True"

@@ -6,10 +6,12 @@ import torch
 from conftest import read_log, train_subprocess
 
 from ev2lib import train as T
-from ev2lib.data import augment, load_data
+from ev2lib.augment import augment
+from ev2lib.data import load_data
 from ev2lib.errors import DataError, WeightsError
-from ev2lib.transfer import RECIPES, finetune_config, init_model
-from ev2lib.train import lr_factor, make_config, setup, train
+from ev2lib.model import init_model
+from ev2lib.recipe import RECIPES, finetune_config, lr_factor
+from ev2lib.train import make_config, setup, train
 
 # A tiny source run on all 10 generated classes; the targets fine-tune it on 5 of them.
 SOURCE = dict(data="synthetic:256", image_size=16, batch_size=32, epochs=1, lr=0.05, progress=False,
@@ -51,7 +53,7 @@ def test_finetuning_resumes_bit_identically_after_sigkill(source_checkpoint, tmp
     resumed = train_subprocess({**fields, "out": str(tmp_path / "run")})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert any(r.get("event") == "resume" and r["step"] == 4 for r in read_log(tmp_path / "run"))
-    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("ref", "run"))
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["model"] for d in ("ref", "run"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -109,6 +111,45 @@ def test_classes_keep_and_relabel_a_subset_of_every_split():
         load_data("synthetic:512", image_size=16, classes="8-12")
 
 
+def test_finetuning_from_a_checkpoints_ema_takes_the_averaged_weights(tmp_path):
+    out = tmp_path / "ema"
+    train(make_config("smoke", **{**SOURCE, "ema_decay": 0.5, "out": str(out)}))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    model = init_model(state["config"]["model"], 5, str(out / "checkpoint.pt"))
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    key = "features.1.0.block.0.0.weight"
+    assert torch.equal(model.state_dict()[key], averaged[key]) and not torch.equal(averaged[key], state["model"][key])
+
+
+def test_finetuning_from_the_model_pt_of_a_timm_initialised_run_keeps_same_padding_and_timms_normalization(
+        tmp_path, monkeypatch):
+    """A run that started from timm's weights (TF "same" padding, timm's input normalisation) writes a model.pt that
+    says so; fine-tuning from it builds the same network. A bare state dict is taken with the assumption logged."""
+    import timm
+
+    from ev2lib import model as model_module
+    from ev2lib.weights import load_pretrained, weights_info
+
+    timm_file = tmp_path / "tf_efficientnetv2_b0.pth"  # timm's layout, random weights: no download
+    torch.save(timm.create_model("tf_efficientnetv2_b0", pretrained=False, num_classes=1000).state_dict(), timm_file)
+    monkeypatch.setattr(model_module, "load_pretrained", lambda m, source: load_pretrained(m, source, path=timm_file))
+    fields = dict(data="synthetic:64", image_size=32, batch_size=16, steps=2, progress=False, eval_subset=16,
+                  model="efficientnetv2_b0")
+    first = train(make_config("smoke", **fields, init="timm", out=str(tmp_path / "a")))
+    timm_norm = (weights_info("efficientnetv2_b0", "timm").mean, weights_info("efficientnetv2_b0", "timm").std)
+    assert first["config"]["init"] == "timm"
+    run = setup(make_config("smoke", **fields, classes="0-4", init=str(tmp_path / "a" / "model.pt"),
+                            out=str(tmp_path / "b")))
+    assert run.model.padding == "same" and run.model.normalization == timm_norm
+    weights = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(run.model.state_dict()[k], v) for k, v in weights.items() if not k.startswith("classifier"))
+    torch.save(weights, tmp_path / "bare.pt")  # only the tensors: padding and normalisation unknown
+    bare = setup(make_config("smoke", **fields, classes="0-4", init=str(tmp_path / "bare.pt"), out=str(tmp_path / "c")))
+    assert bare.model.padding == "symmetric" and bare.model.normalization != timm_norm
+    start = next(r for r in T.read_log(tmp_path / "c") if r.get("event") == "start")
+    assert "assumed" in start["init"] and "bare state dict" in start["init"]["assumed"]
+
+
 def test_bad_init_source_and_foreign_checkpoint_are_one_line_errors(source_checkpoint, tmp_path):
     path, _ = source_checkpoint
     with pytest.raises(WeightsError, match="neither a weights source") as e:
@@ -117,6 +158,10 @@ def test_bad_init_source_and_foreign_checkpoint_are_one_line_errors(source_check
     with pytest.raises(WeightsError, match="do not fit efficientnetv2_cifar_half") as e:
         init_model("efficientnetv2_cifar_half", 5, str(path))
     assert "--model efficientnetv2_cifar" in str(e.value) and len(str(e.value).splitlines()) == 1
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")  # not an ev2lib network at all
+    with pytest.raises(WeightsError, match="holds weights of another architecture") as e:
+        init_model("efficientnetv2_cifar_half", 5, str(tmp_path / "other.pt"))
+    assert "--model" not in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
 def test_a_dataset_that_cannot_be_fetched_is_one_line_error(tmp_path, monkeypatch):

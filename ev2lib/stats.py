@@ -1,0 +1,184 @@
+"""The statistics every comparison in the book uses: paired differences over seeds with Student-t intervals, rank
+agreement (Kendall's tau and how often chance reaches it) and a permutation test for a subset's mean.
+
+Pure Python (``math`` only), so a result file can be re-analysed anywhere; the tests check every function against
+SciPy.
+
+* :func:`interval` -- mean and 95 % Student-t interval of per-seed values; :func:`paired` pairs two cells' runs
+  by seed; :func:`direction` says whether an interval excludes 0.
+* :func:`kendall_tau` -- tau-b of two rankings; :func:`kendall_tau_p` -- the exact chance of a tau at least that
+  large between unrelated rankings of ``n`` items; :func:`kendall_tau_critical` -- the tau chance exceeds 5 % of
+  the time.
+* :func:`subset_test` -- is a subset's mean unusual among random subsets of the same size? (exact enumeration when
+  there are few, else Monte Carlo).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+
+from .errors import ConfigError
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Student's t
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below the mean: use the symmetry
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(1000):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / (c if abs(c) > tiny else tiny)
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-15:
+            break
+    return math.exp(log_front) * (f - 1.0) / a
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`t_cdf`)."""
+    if not 0.0 < p < 1.0 or df <= 0:
+        raise ConfigError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return (lo + hi) / 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Intervals over seeds
+
+
+def interval(values, level: float = 0.95) -> dict:
+    """Mean and ``level`` Student-t interval of ``values``: ``{"mean", "ci95", "n", "values"}`` (``ci95`` is None
+    for fewer than 2 values; the key keeps its name at other levels)."""
+    values = [float(v) for v in values]
+    n = len(values)
+    mean = statistics.fmean(values) if values else float("nan")
+    if n < 2:
+        return {"mean": mean, "ci95": None, "n": n, "values": values}
+    half = t_quantile(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "values": values}
+
+
+def paired(a: list[dict], b: list[dict], key: str, op=lambda x, y: x - y) -> dict:
+    """:func:`interval` of ``op(a[key], b[key])`` over the seeds both lists of runs hold (runs are dicts with a
+    ``"seed"``; a run whose value is None is left out). ``op`` is a difference by default, e.g. ``lambda x, y: x / y``
+    for a ratio."""
+    other = {r["seed"]: r[key] for r in b if r.get(key) is not None}
+    return interval([op(r[key], other[r["seed"]]) for r in a if r.get(key) is not None and r["seed"] in other])
+
+
+def direction(iv: dict | None) -> int:
+    """+1 when the interval lies above 0, -1 when below, 0 when it holds 0 or there is none (one seed)."""
+    ci = (iv or {}).get("ci95")
+    if not ci:
+        return 0
+    return 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rank agreement
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's rank correlation tau-b of two equal-length sequences, by the O(n^2) pair count.
+
+    Over all pairs i < j: C concordant, D discordant, Tx tied in x only, Ty tied in y only (tied in both: nowhere).
+    ``tau_b = (C - D) / sqrt((C + D + Tx) (C + D + Ty))``: 1 for the same order, -1 for the reverse; NaN when either
+    sequence is constant."""
+    x, y = list(x), list(y)
+    if len(x) != len(y) or len(x) < 2:
+        raise ConfigError(f"kendall_tau needs two sequences of the same length >= 2, got {len(x)} and {len(y)}")
+    c = d = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        sx, sy = (x[i] > x[j]) - (x[i] < x[j]), (y[i] > y[j]) - (y[i] < y[j])
+        if sx and sy:
+            c, d = c + (sx == sy), d + (sx != sy)
+        else:
+            tx, ty = tx + (not sx and sy != 0), ty + (not sy and sx != 0)
+    denom = math.sqrt((c + d + tx) * (c + d + ty))
+    return (c - d) / denom if denom else float("nan")
+
+
+def _inversion_counts(n: int) -> list[int]:
+    """How many permutations of n items have k discordant pairs, k = 0 .. n(n-1)/2 (the Mahonian numbers)."""
+    counts = [1]
+    for m in range(2, n + 1):  # inserting the m-th item adds 0 .. m-1 inversions
+        new = [0] * (len(counts) + m - 1)
+        for k, c in enumerate(counts):
+            for extra in range(m):
+                new[k + extra] += c
+        counts = new
+    return counts
+
+
+def kendall_tau_p(tau: float, n: int) -> float:
+    """P(tau >= ``tau``) between two unrelated rankings of ``n`` distinct items: the exact fraction of the n!
+    permutations (tau = 1 - 4 D / (n (n - 1)) with D discordant pairs). One-sided: the chance of agreement at least
+    that strong."""
+    if n < 2:
+        raise ConfigError(f"kendall_tau_p needs n >= 2, got {n}")
+    pairs, counts = n * (n - 1) // 2, _inversion_counts(n)
+    most = math.floor((1 - tau) * pairs / 2 + 1e-9)  # tau >= t  <=>  D <= (1 - t) pairs / 2
+    return sum(counts[: max(most, -1) + 1]) / math.factorial(n)
+
+
+def kendall_tau_critical(n: int, alpha: float = 0.05) -> float:
+    """The smallest tau that unrelated rankings of ``n`` items reach at most ``alpha`` of the time."""
+    pairs = n * (n - 1) // 2
+    taus = sorted({1 - 4 * d / (n * (n - 1)) for d in range(pairs + 1)})
+    return next(t for t in taus if kendall_tau_p(t, n) <= alpha)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A subset against the whole
+
+
+def subset_test(values, subset, draws: int = 20000, seed: int = 0) -> float:
+    """Two-sided permutation test of a subset's mean against the rest of ``values``: ``subset`` holds indices into
+    ``values``; the subsets of the same size drawn at random give the null distribution of the mean, and the p-value
+    is twice the smaller tail (at most 1), as SciPy's ``permutation_test``. Every subset is enumerated when there
+    are at most ``draws`` of them, else ``draws`` are sampled."""
+    values, k = [float(v) for v in values], len(subset)
+    if not 0 < k < len(values):
+        raise ConfigError(f"subset_test needs a subset of 1 .. {len(values) - 1} of the {len(values)} values, got {k}")
+    observed, eps = statistics.fmean(values[i] for i in subset), 1e-12
+    if math.comb(len(values), k) <= draws:
+        subsets = list(itertools.combinations(range(len(values)), k))
+    else:
+        rng = random.Random(seed)
+        subsets = [rng.sample(range(len(values)), k) for _ in range(draws)]
+    means = [statistics.fmean(values[i] for i in s) for s in subsets]
+    above = sum(m >= observed - eps for m in means) / len(means)
+    below = sum(m <= observed + eps for m in means) / len(means)
+    return min(1.0, 2 * min(above, below))
