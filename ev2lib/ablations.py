@@ -1,31 +1,25 @@
 """Small-scale ablations of progressive learning and of the V2 design (paper §4.1, §5.2, §6.2, §6.3; Tables 5, 7,
-12 and 13, Figure 1), run with :func:`ev2lib.train.train` on CIFAR-10.
+12 and 13, Figure 1), run with :func:`ev2lib.train.train` on a subset of CIFAR-10.
 
-* **Table 5** (§4.1) -- image size x RandAugment magnitude (0 = off, 5, 10, 15; no mixup or dropout): does the
-  best magnitude grow with the image size?
-* **Table 12** (§6.2) -- progressive learning with adaptive regularization (Algorithm 1) against training at the
-  large size with a *tuned* regularization (the best of :attr:`AblationProfile.levels` on validation): accuracy,
-  training time, and time to reach the tuned baseline's final accuracy (the paper's "1.4-2.2x faster").
-* **Table 13** (§6.3) -- adaptive vs constant regularization, for progressive resize (Howard 2018) and random
-  resize (Hoffer et al. 2019: a random size every few epochs), with Table 12's tuned fixed-size baseline as the
-  reference row.
-* **Table 7 / Figure 1** (§5.2) -- V1 vs V2 in accuracy against training time: a V1-shaped network
-  (``efficientnet_cifar_v1``: MBConv everywhere, uniform scaling) and the V2-shaped profile model (Fused-MBConv early)
-  with matched parameters, both at the large size with one fixed regularization level (``table7_level``), and the
-  V2-shaped one with progressive learning (Algorithm 1), as the paper's V2 is trained. Same recipe, same seeds.
+**A regime where regularization can help.** Every table first trains the fixed-size baseline at every level of
+:attr:`AblationProfile.levels` (RandAugment, mixup, dropout, from none up to Table 6's ranges) and records a *gate*:
+unregularized, the network fits its training images (accuracy >= ``min_train_acc``), and the level chosen on
+validation (L*) beats no regularization on validation beyond the seed noise. :func:`calibrate` records the gate
+of candidate regimes, the evidence for the profile's choice.
 
-**Honest numbers.** Every run holds ``val_images`` training images out; every choice (the baseline's level, Table
-5's best magnitude) is made on them, and the test split is scored once, at the end of each run. Comparisons are
-paired by seed (same seed: same data subset, initial weights and augmentation stream) and reported as the mean
-difference with a 95 % Student-t interval.
+* **Table 12** (§6.2) -- Algorithm 1 from the weakest level up to L* (both arms end at the same regularization)
+  against the fixed size at L*, and a fixed-size arm at L* given the progressive run's training time.
+* **Table 13** (§6.3) -- adaptive vs constant (L*) regularization for progressive and random resize (sizes drawn
+  per seed), and a control constant at the adaptive arm's time-averaged level ("matched to the size" vs "less").
+* **Table 5** (§4.1) -- size x RandAugment magnitude, Translate/Cutout relative to the side and in the official
+  fixed pixels (those of a ``pixel_side`` image): does the best magnitude grow with the size?
+* **Table 7 / Figure 1** (§5.2) -- V1-shaped vs V2-shaped at matched parameters, both at L*, and V2 with Algorithm 1.
 
-**Resumable, and each run trained once.** Each run is saved as JSON under ``cache/<code commit>-<profile digest>/``
-when it finishes, named by what it trains (model, schedule, evaluation size, seed), not by its table: a run that two
-tables share (Table 5's 32 px without RandAugment is Table 12's weak baseline; Table 7's V2-shaped runs are Table
-12's progressive and weak ones) trains once, and rerunning the same command with the same code skips what is
-done, so a long reference run can be stopped and continued.
-``python -m ev2lib.ablations --table 12 13 7 --profile cpu-reference --save`` writes
-``<results>/ablations_table{N}_{cpu|gpu}.json``.
+Every choice is made on ``val_images`` held out of the training images; the test split is scored once per run;
+comparisons are paired by seed with 95 % intervals (:mod:`ev2lib.stats`). Time is the loop's own: on a CPU the CPU
+seconds of a one-thread process (which a process beside it cannot stretch), on a GPU wall seconds. A finished run is
+kept under ``cache/<code digest>-<profile digest>/``, named by what it trains: tables share runs and a stopped
+reference run continues. ``python -m ev2lib.ablations --table 12 13 5 7 --profile cpu-reference --save``.
 """
 from __future__ import annotations
 
@@ -46,40 +40,39 @@ import torch
 from .errors import ConfigError, cli_main
 from .files import json_cache
 from .progressive import ProgressiveSchedule, RandomResizeSchedule, fixed_schedule, progressive_resize
-from .stats import interval, paired
+from .stats import direction, interval, paired, time_to_accuracy
 
-TABLES = (5, 12, 13, 7)  # the chapter's order
+TABLES = (12, 13, 5, 7)  # Table 12's tuning comes first: every table uses it
 
 
 @dataclass(frozen=True)
 class AblationProfile:
     """The scale of an ablation grid. A regularization *level* is (RandAugment magnitude, mixup alpha, dropout)."""
 
-    model: str = "efficientnetv2_cifar_half"  # 0.28M parameters: 10,000 images x 15 epochs in ~5 min on one thread
+    model: str = "efficientnetv2_cifar_half"  # 0.28M parameters
     data: str = "cifar10"
-    train_subset: int = 10000
+    train_subset: int = 1500  # few images, many epochs: the unregularized network fits them (the gate)
     val_images: int = 2500  # held out of the training split; every choice is made on these
     eval_subset: int = 0  # 0 = the whole test split
-    epochs: int = 15
+    epochs: int = 100
+    eval_every: int = 5  # epochs between validation scores (the curves that time-to-accuracy reads)
     batch_size: int = 128
     lr: float = 0.2
     amp: str = "auto"
-    sizes: tuple = (16, 24, 32)  # the small / middle / large image size (the paper's 128 / 192 / 300)
-    magnitudes: tuple = (0, 5, 10, 15)  # Table 5's RandAugment magnitudes: the paper's 5/10/15, and 0 (off) as the
-    # reference at each size: is any RandAugment better than none, in this regime?
+    sizes: tuple = (16, 24, 32)  # small / middle / large image size (the paper's 128 / 192 / 300)
+    magnitudes: tuple = (0, 5, 10, 15)  # Table 5 (0: no RandAugment, each size's reference)
+    pixel_side: int = 32  # Table 5's official variant: Translate/Cutout in the pixels of an image this size
     num_phases: int = 4  # M in Algorithm 1
-    random_every: int = 2  # random resize: a new size every this many epochs (the paper: 8 of 350)
-    size_multiple: int = 4  # CIFAR-scale sizes: multiples of 4 (8 is too coarse between 16 and 32)
-    levels: dict = field(default_factory=lambda: {"weak": (0, 0.0, 0.0), "medium": (5, 0.1, 0.1),
-                                                  "strong": (10, 0.2, 0.3)})
+    random_every: int = 5  # random resize: a new size every this many epochs (the paper: 8 of 350)
+    size_multiple: int = 4  # CIFAR-scale sizes: multiples of 4
+    levels: dict = field(default_factory=lambda: {  # weakest first; Table 6: RandAugment 5-15, mixup 0-0.2, dropout
+        "none": (0, 0.0, 0.0), "light": (5, 0.0, 0.1), "medium": (10, 0.1, 0.2), "strong": (15, 0.2, 0.3)})
     seeds: tuple = (0, 1, 2)
-    table5_seeds: tuple = (0, 1)
-    one_cell: bool = False  # smoke: only two cells of each table
+    table5_seeds: tuple = (0, 1, 2)
+    min_train_acc: float = 0.95  # the gate: the unregularized fixed-size network fits its training images
+    one_cell: bool = False  # smoke: the tuning's weakest and strongest level only
     v1_model: str = "efficientnet_cifar_v1"  # Table 7's V1-shaped network: the parameters of ``model``, MBConv only
-    augment_on: str = "device"  # augment each batch at once on the training device, GPU or CPU (ev2lib.device_augment;
-    # on one CPU thread 12-15 % less step time than one image at a time), the same pipeline on every machine
-    table7_level: str = "weak"  # Table 7's regularization level (of ``levels``) for its fixed-size cells: the level
-    # Table 12's recorded CPU reference chose on validation (weak 70.8 %, medium 64.9 %, strong 56.1 %)
+    augment_on: str = "device"  # augment each batch at once on the training device (CPU or GPU: one pipeline)
 
     def replace(self, **kw) -> "AblationProfile":
         return dataclasses.replace(self, **kw)
@@ -90,17 +83,20 @@ class AblationProfile:
 
 
 PROFILES = {
-    # CPU, offline, seconds per cell: proves the runner works; never saved.
-    "smoke": AblationProfile(train_subset=512, val_images=128, eval_subset=256, epochs=2, batch_size=64,
-                             sizes=(12, 16, 16), num_phases=2, seeds=(0,), table5_seeds=(0,), one_cell=True),
+    # CPU, offline, seconds per run: proves the runner works; never saved.
+    "smoke": AblationProfile(train_subset=256, val_images=128, eval_subset=256, epochs=4, eval_every=1,
+                             batch_size=64, sizes=(12, 16, 16), magnitudes=(0, 10), pixel_side=16, num_phases=2,
+                             random_every=1, seeds=(0, 1), table5_seeds=(0,), one_cell=True),
     # The CPU reference (ci/cpu_reference.sh, one-thread processes side by side on 2 cores).
     "cpu-reference": AblationProfile(),
-    # One GPU: 20,000 images upsampled to 32 / 48 / 64 px, batch 256 (the learning rate scaled with it). The
-    # chapter trains Tables 12 and 7 live (15 runs); ci/gpu_book.sh records those two (5 and 13: CPU reference).
-    "colab": AblationProfile(train_subset=20000, val_images=5000, epochs=15, batch_size=256, lr=0.4,
-                             sizes=(32, 48, 64), size_multiple=8),
-    "full": AblationProfile(train_subset=0, val_images=5000, epochs=30, batch_size=256, lr=0.4, sizes=(64, 96, 128),
-                            size_multiple=8),
+    # One GPU (the GPU kit's table12 section; a reader's Colab): EfficientNetV2-B0 on CIFAR-10 upsampled, Algorithm 1
+    # over 64 -> 128 px, scored at 128. Sized for a few minutes of an H100: an estimate until the kit times it.
+    "colab": AblationProfile(model="efficientnetv2_b0", train_subset=10000, val_images=5000, epochs=12,
+                             eval_every=2, batch_size=256, lr=0.4, sizes=(64, 96, 128), pixel_side=128,
+                             random_every=2, size_multiple=8, seeds=(0, 1), table5_seeds=(0, 1), min_train_acc=0.9),
+    "full": AblationProfile(model="efficientnetv2_b0", train_subset=0, val_images=5000, epochs=40, eval_every=2,
+                            batch_size=256, lr=0.4, sizes=(128, 192, 256), pixel_side=256, random_every=4,
+                            size_multiple=8, min_train_acc=0.9),
 }
 
 
@@ -115,58 +111,50 @@ def get_profile(profile: str | AblationProfile, **overrides) -> AblationProfile:
     return PROFILES[profile].replace(**overrides)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Schedules
+
+
 def _reg(level: tuple) -> dict:
     ra, mixup, dropout = level
     return dict(randaug=ra, mixup=mixup, dropout=dropout)
 
 
-def cells(table: int, p: AblationProfile) -> list[tuple[str, dict, ProgressiveSchedule]]:
-    """The cells of a table: ``(name, coordinates, schedule)``. Equal names mean equal runs (shared by tables); a
-    ``"model"`` coordinate trains that model instead of ``p.model``."""
-    lo, mid, hi = p.sizes
-    E, M, weak, strong = p.epochs, p.num_phases, _reg(p.levels["weak"]), _reg(p.levels["strong"])
-    ranges = {k: (weak[k], strong[k]) for k in weak}
-    adaptive = ProgressiveSchedule(M, E, (lo, hi), size_multiple=p.size_multiple, name="progressive + adaptive", **ranges)
-    if table == 5:
-        # RandAugment alone varies, on the weak level's other settings (its mixup and dropout): magnitude 0 at the
-        # large size is then Table 12's weak baseline, the same run.
-        out = [(f"size {s}, RandAugment {m}", {"image_size": s, "randaug": m},
-                fixed_schedule(E, s, **{**weak, "randaug": m})) for s in (lo, mid, hi) for m in p.magnitudes]
-    elif table == 12:
-        out = [("progressive + adaptive", {"progressive": True}, adaptive)]
-        out += [(f"fixed {hi} px, {name}", {"progressive": False, "level": name}, fixed_schedule(E, hi, **_reg(lv)))
-                for name, lv in p.levels.items()]
-    elif table == 13:
-        random = dict(every=p.random_every, seed=0, size_multiple=p.size_multiple, **ranges)
-        out = [("progressive + adaptive", {"resize": "progressive", "adaptive": True}, adaptive),
-               ("progressive resize", {"resize": "progressive", "adaptive": False},
-                progressive_resize(M, E, (lo, hi), size_multiple=p.size_multiple, **strong)),
-               ("random resize + adaptive", {"resize": "random", "adaptive": True},
-                RandomResizeSchedule(E, (lo, hi), adaptive=True, **random)),
-               ("random resize", {"resize": "random", "adaptive": False},
-                RandomResizeSchedule(E, (lo, hi), adaptive=False, **random))]
-        # The reference: Table 12's fixed-size runs (the same runs), of which the summary takes the one tuned on
-        # validation. Every row above ends at the strong level; the tuned baseline says what that level costs.
-        out += [(f"fixed {hi} px, {name}", {"resize": "none", "level": name}, fixed_schedule(E, hi, **_reg(lv)))
-                for name, lv in p.levels.items()]
-    elif table == 7:  # V1 first, then V2 progressive: the smoke profile's two cells are Figure 1's comparison.
-        # The V2-shaped runs are Table 12's (the same model, schedule and seeds; trained once, see run_table).
-        lv = p.table7_level
-        fixed = fixed_schedule(E, hi, **_reg(p.levels[lv]))
-        out = [(f"V1-shaped, fixed {hi} px, {lv}", {"model": p.v1_model, "shape": "V1", "progressive": False,
-                                                    "level": lv}, fixed),
-               ("V2-shaped, progressive + adaptive", {"model": p.model, "shape": "V2", "progressive": True}, adaptive),
-               (f"V2-shaped, fixed {hi} px, {lv}", {"model": p.model, "shape": "V2", "progressive": False,
-                                                    "level": lv}, fixed)]
-    else:
-        raise ConfigError(f"ablation table must be one of {TABLES}, got {table!r}")
-    return out[:2] if p.one_cell else out
+def fixed(p: AblationProfile, level: tuple, size: int | None = None, epochs: int | None = None):
+    """Every epoch at ``size`` (default: the large one) with the regularization ``level``."""
+    return fixed_schedule(epochs or p.epochs, size or p.sizes[-1], **_reg(level))
+
+
+def adaptive(p: AblationProfile, top: str):
+    """Algorithm 1: sizes small -> large, regularization from the weakest level up to ``top``."""
+    ranges = {k: (lo, hi) for (k, lo), hi in zip(_reg(list(p.levels.values())[0]).items(), p.levels[top])}
+    return ProgressiveSchedule(p.num_phases, p.epochs, (p.sizes[0], p.sizes[-1]), size_multiple=p.size_multiple,
+                               name="progressive + adaptive", **ranges)
+
+
+def time_averaged(schedule) -> tuple:
+    """The epoch-weighted mean (RandAugment, mixup, dropout) of a schedule: what it gives on average."""
+    ph, E = schedule.phases(), schedule.total_epochs
+    return tuple(round(sum((p.end_epoch - p.start_epoch) * getattr(p, k) for p in ph) / E, 4)
+                 for k in ("randaug_magnitude", "mixup_alpha", "dropout"))
+
+
+def random_resize(p: AblationProfile, top: str, adaptive_reg: bool):
+    """A function seed -> random resize schedule (each seed draws its own sizes), regularization adaptive from the
+    weakest level up to ``top`` or constant at ``top``."""
+    lo_level = list(p.levels.values())[0] if adaptive_reg else p.levels[top]
+    ranges = {k: (lo, hi) for (k, lo), hi in zip(_reg(lo_level).items(), p.levels[top])}
+    return lambda seed: RandomResizeSchedule(p.epochs, (p.sizes[0], p.sizes[-1]), every=p.random_every,
+                                             adaptive=adaptive_reg, seed=seed, size_multiple=p.size_multiple, **ranges)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running cells
 
 
 class _TrainAccuracy:
     """Callback: after the last epoch, accuracy on up to ``n`` training images without augmentation, at the
-    evaluation size: with the test accuracy it shows whether a run overfits (or underfits). Also counts the
-    trained model's parameters."""
+    evaluation size (with the test accuracy: does the run fit its training images?), and the parameter count."""
 
     def __init__(self, epochs: int, n: int = 2500):
         self.epochs, self.n, self.acc, self.params = epochs, n, None, None
@@ -184,163 +172,238 @@ class _TrainAccuracy:
 
 
 def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, eval_size: int, progress: bool = False,
-             model: str | None = None) -> dict:
-    """Train one cell for one seed (``model``, default ``p.model``), scoring validation every epoch (at
-    ``eval_size``), test and (un-augmented) training accuracy at the end."""
+             model: str | None = None, fixed_side: int = 0) -> dict:
+    """Train one cell for one seed (``model``, default ``p.model``), scoring validation every ``eval_every`` epochs
+    (at ``eval_size``), test and (un-augmented) training accuracy at the end."""
     from .train import make_config, train
 
-    out = Path(out)
+    out, epochs = Path(out), schedule.total_epochs
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: train() would resume an old checkpoint
     cfg = make_config("smoke", model=model or p.model, data=p.data, train_subset=p.train_subset,
-                      val_images=p.val_images, eval_subset=p.eval_subset, epochs=p.epochs, batch_size=p.batch_size,
-                      lr=p.lr,
-                      warmup_epochs=min(1.0, p.epochs / 4), image_size=p.sizes[-1], eval_size=eval_size, crop="pad",
-                      amp=p.amp, augment_on=p.augment_on, seed=seed, out=str(out), progress=progress, log_every=50)
-    t0, train_acc = time.perf_counter(), _TrainAccuracy(p.epochs)
+                      val_images=p.val_images, eval_subset=p.eval_subset, epochs=epochs, batch_size=p.batch_size,
+                      lr=p.lr, warmup_epochs=min(1.0, epochs / 4), image_size=p.sizes[-1], eval_size=eval_size,
+                      crop="pad", amp=p.amp, augment_on=p.augment_on, seed=seed, out=str(out), progress=progress,
+                      log_every=50, eval_every=p.eval_every, randaug_fixed_side=fixed_side)
+    t0, train_acc = time.perf_counter(), _TrainAccuracy(epochs)
     summary = train(cfg, progressive=schedule, callbacks=[train_acc])
     last = summary["history"][-1]
-    history = [{"epoch": h["epoch"], "val_acc": h["val_acc"], "train_seconds": h["train_seconds"],
-                **({"image_size": h["phase"]["image_size"]} if "phase" in h else {})} for h in summary["history"]]
+    keep = ("epoch", "val_acc", "train_seconds", "train_cpu_seconds")
+    history = [{**{k: h[k] for k in keep}, "image_size": h["phase"]["image_size"]} for h in summary["history"]]
     return {"seed": seed, "val_acc": last["val_acc"], "test_acc": last["test_acc"], "test_loss": last["test_loss"],
-            "train_acc": train_acc.acc, "model": cfg.model, "params": train_acc.params,
-            "train_seconds": last["train_seconds"], "wall_seconds": time.perf_counter() - t0,
-            "amp": summary["config"]["amp"], "history": history}
+            "train_acc": train_acc.acc, "model": cfg.model, "params": train_acc.params, "epochs": epochs,
+            "train_seconds": last["train_seconds"], "train_cpu_seconds": last["train_cpu_seconds"],
+            "wall_seconds": time.perf_counter() - t0, "amp": summary["config"]["amp"], "history": history,
+            "schedule": [ph.as_dict() for ph in schedule.phases()]}
+
+
+class Runner:
+    """Runs cells for a profile, each finished run kept in ``cache`` (and reused by any table asking for it)."""
+
+    def __init__(self, p: AblationProfile, cache: str | Path | None, progress: bool, tmp: str):
+        from .results import code_digest
+
+        self.p, self.progress, self.tmp, self.trained, self.warmed = p, progress, Path(tmp), 0, set()
+        self.folder = Path(cache) / f"{code_digest('ablations')}-{p.digest()}" if cache else None
+
+    def cell(self, name: str, coords: dict, schedule, **kw) -> dict:
+        return self.cells([(name, coords, schedule, kw)])[0]
+
+    def cells(self, specs) -> list[dict]:
+        """The records of ``(name, coords, schedule, kw)`` cells (``kw``: ``seeds``, ``model``, ``size``,
+        ``fixed_side``), one run per seed of ``schedule`` (or of ``schedule(seed)``), trained or from the cache.
+        Seed-major: the cells compared are trained in turn, seed after seed, so a drift of the machine's speed
+        touches them alike."""
+        runs = {i: [] for i in range(len(specs))}
+        seeds = sorted({s for _, _, _, kw in specs for s in kw.get("seeds") or self.p.seeds})
+        for seed in seeds:
+            for i, (_, _, schedule, kw) in enumerate(specs):
+                if seed in (kw.get("seeds") or self.p.seeds):
+                    runs[i].append(self._run(schedule(seed) if callable(schedule) else schedule, seed, **kw))
+        out = []
+        for i, (name, coords, _, _) in enumerate(specs):
+            mean = {k: statistics.fmean(r[k] for r in runs[i]) for k in ("val_acc", "test_acc", "train_seconds")}
+            out.append({"name": name, "coords": coords, "runs": runs[i], **{f"{k}_mean": v for k, v in mean.items()},
+                        "test_acc_ci95": interval([r["test_acc"] for r in runs[i]])["ci95"]})
+        return out
+
+    def _run(self, schedule, seed: int, model=None, size=None, fixed_side=0, seeds=None) -> dict:
+        spec = {"model": model or self.p.model, "phases": [ph.as_dict() for ph in schedule.phases()],
+                "eval_size": size or self.p.sizes[-1], "seed": seed, "fixed_side": fixed_side}
+        slug = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        return json_cache(self.folder / f"{slug}.json" if self.folder else None,
+                          lambda: self._train(schedule, seed, slug, spec))
+
+    def _train(self, schedule, seed, slug, spec) -> dict:
+        self.trained += 1
+        if torch.cuda.is_available():  # an untimed warm-up at every new shape: start-up costs stay out of the times
+            from .bench import warm_up
+            from .recipe import resolve_amp
+
+            amp = {"none": "fp32"}.get(a := resolve_amp(self.p.amp, torch.device("cuda")), a)
+            for size in ({ph.image_size for ph in schedule.phases()} | {spec["eval_size"]}) - self.warmed:
+                warm_up(spec["model"], size, self.p.batch_size, amp)
+                self.warmed.add(size)
+        if self.progress:
+            print(f"[ablations] training {slug}: {spec['model']}, seed {seed}, {schedule!r}", flush=True)
+        return run_cell(schedule, self.p, seed, self.tmp / slug, spec["eval_size"], model=spec["model"],
+                        fixed_side=spec["fixed_side"])
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Comparisons: paired over seeds, 95 % Student-t intervals (ev2lib.stats)
+# The tables: each returns (cells, summary); choices on validation accuracy, reports on test
 
 
-def _paired(a: dict, b: dict, key: str, op) -> dict:
-    """``op(a, b)`` of two cells' ``key`` for each seed both ran, with its interval."""
-    return paired(a["runs"], b["runs"], key, op)
+def _div(x, y):
+    return x / y
 
 
-def seconds_to_reach(run: dict, target: float) -> float | None:
-    """Training seconds until the run's validation accuracy first reached ``target`` (None if it never did)."""
-    return next((h["train_seconds"] for h in run["history"] if h["val_acc"] >= target), None)
+def tuning(r: Runner) -> tuple[list[dict], dict, dict]:
+    """The fixed-size baseline at every level (all seeds), the tuned cell (best mean validation accuracy) and the
+    gate: does the unregularized network fit its training images, and does L* beat it on validation?"""
+    p, names = r.p, list(r.p.levels)
+    names = [names[0], names[-1]] if p.one_cell else names
+    cells = r.cells([(f"fixed {p.sizes[-1]} px, {n}", {"level": n, "resize": "none"}, fixed(p, p.levels[n]), {})
+                     for n in names])
+    tuned = max(cells, key=lambda c: c["val_acc_mean"])
+    fit = interval([run["train_acc"] for run in cells[0]["runs"] if run["train_acc"] is not None])
+    gain = paired(tuned["runs"], cells[0]["runs"], "val_acc")
+    gate = {"unregularized_train_acc": fit, "val_gain_tuned_minus_unregularized": gain,
+            "tuned_level": tuned["coords"]["level"], "min_train_acc": p.min_train_acc,
+            "passed": bool(fit["n"] and fit["mean"] >= p.min_train_acc and direction(gain) == 1)}
+    return cells, tuned, gate
 
 
-def _time_to_accuracy(prog: dict, fixed: dict) -> dict:
-    """Per seed: (seconds the fixed baseline needed to reach its own final validation accuracy) / (seconds the
-    progressive run needed to reach it). Above 1: progressive learning gets there faster."""
-    ratios, missed = [], 0
-    by_seed = {r["seed"]: r for r in prog["runs"]}
-    for f in fixed["runs"]:
-        p = by_seed.get(f["seed"])
-        t_prog = seconds_to_reach(p, f["val_acc"]) if p else None
-        if t_prog is None:
-            missed += p is not None
-            continue
-        ratios.append(seconds_to_reach(f, f["val_acc"]) / t_prog)
-    return {**interval(ratios), "seeds_never_reached": missed}
+def table12(r: Runner, key: str) -> tuple[list[dict], dict]:
+    """Algorithm 1 up to L* against the fixed size at L*, and a fixed-size arm at L* with the progressive time."""
+    p = r.p
+    tuning_cells, tuned, gate = tuning(r)
+    top = gate["tuned_level"]
+    prog = r.cell("progressive + adaptive", {"resize": "progressive", "level": top}, adaptive(p, top))
+    share = paired(prog["runs"], tuned["runs"], key, _div)
+    epochs = max(1, round(p.epochs * share["mean"]))
+    equal = r.cell(f"fixed {p.sizes[-1]} px, {top}, equal time", {"level": top, "resize": "none", "epochs": epochs},
+                   fixed(p, p.levels[top], epochs=epochs))
+    last = prog["runs"][0]["schedule"][-1]
+    summary = {"gate": gate, "tuned_level": top, "time": key, "equal_time_epochs": epochs,
+               "progressive_ends_at": [last["randaug_magnitude"], last["mixup_alpha"], last["dropout"]],
+               "test_acc_diff_progressive_minus_tuned": paired(prog["runs"], tuned["runs"], "test_acc"),
+               "train_time_ratio_progressive_over_tuned": share,
+               "test_acc_diff_progressive_minus_equal_time": paired(prog["runs"], equal["runs"], "test_acc"),
+               "train_time_ratio_equal_time_over_progressive": paired(equal["runs"], prog["runs"], key, _div),
+               "speedup_to_tuned_accuracy": time_to_accuracy(prog, tuned, key)}
+    return tuning_cells + [prog, equal], summary
 
 
-def _summarize_v1_v2(records: list[dict]) -> dict:
-    """Table 7 / Figure 1: V2-shaped (fixed size; progressive) against V1-shaped, paired by seed."""
-    find = {(r["coords"]["shape"], r["coords"]["progressive"]): r for r in records}
-    v1, v2, prog = find.get(("V1", False)), find.get(("V2", False)), find.get(("V2", True))
-    if v1 is None:
-        return {}
-    out = {"params": {r["coords"]["model"]: r["runs"][0].get("params") for r in records if r["runs"]}}
-    for key, cell in (("v2", v2), ("v2_progressive", prog)):
-        if cell is not None:
-            out[f"test_acc_diff_{key}_minus_v1"] = _paired(cell, v1, "test_acc", lambda x, y: x - y)
-            out[f"train_time_ratio_{key}_over_v1"] = _paired(cell, v1, "train_seconds", lambda x, y: x / y)
-            out[f"speedup_{key}_to_v1_accuracy"] = _time_to_accuracy(cell, v1)
-    return out
+def table13(r: Runner, key: str) -> tuple[list[dict], dict]:
+    """Adaptive vs constant regularization for progressive and random resize, and the time-averaged control."""
+    p = r.p
+    tuning_cells, tuned, gate = tuning(r)
+    top = gate["tuned_level"]
+    sizes, M, E = (p.sizes[0], p.sizes[-1]), p.num_phases, p.epochs
+    mean_level = time_averaged(adaptive(p, top))
+    rows = r.cells([
+        ("progressive + adaptive", {"resize": "progressive", "level": top}, adaptive(p, top), {}),
+        ("progressive resize", {"resize": "progressive", "level": top},
+         progressive_resize(M, E, sizes, size_multiple=p.size_multiple, **_reg(p.levels[top])), {}),
+        ("progressive resize, time-averaged level", {"resize": "progressive", "level": list(mean_level)},
+         progressive_resize(M, E, sizes, size_multiple=p.size_multiple, **_reg(mean_level)), {}),
+        ("random resize + adaptive", {"resize": "random", "level": top}, random_resize(p, top, True), {}),
+        ("random resize", {"resize": "random", "level": top}, random_resize(p, top, False), {})])
+    prog, const, control, rand, rand_const = rows
+    summary = {"gate": gate, "tuned_level": top, "time_averaged_level": list(mean_level),
+               "test_acc_gain_adaptive_progressive": paired(prog["runs"], const["runs"], "test_acc"),
+               "test_acc_gain_adaptive_random": paired(rand["runs"], rand_const["runs"], "test_acc"),
+               "test_acc_diff_adaptive_minus_time_averaged": paired(prog["runs"], control["runs"], "test_acc"),
+               "test_acc_diff_time_averaged_minus_constant": paired(control["runs"], const["runs"], "test_acc"),
+               "test_acc_diff_minus_tuned": {c["name"]: paired(c["runs"], tuned["runs"], "test_acc") for c in rows},
+               "random_sizes": {str(run["seed"]): [ph["image_size"] for ph in run["schedule"]] for run in rand["runs"]}}
+    return rows + tuning_cells, summary
 
 
-def summarize(table: int, records: list[dict]) -> dict:
-    """The comparisons the paper draws from each table; choices on validation accuracy, reports on test."""
-    if table == 7:
-        return _summarize_v1_v2(records)
-    c = {r["name"]: r for r in records}
-    if table == 5:
-        best = {}
-        for r in records:
-            s = str(r["coords"]["image_size"])
-            if s not in best or r["val_acc_mean"] > c[best[s]]["val_acc_mean"]:
-                best[s] = r["name"]
-        return {"best_magnitude_on_val": {s: c[n]["coords"]["randaug"] for s, n in best.items()}}
-    fixed = [r for r in records if r["name"].startswith("fixed")]
-    tuned = max(fixed, key=lambda r: r["val_acc_mean"]) if fixed else None  # the baseline, chosen on validation
-    if table == 12:
-        prog = c.get("progressive + adaptive")
-        if not (prog and fixed):
-            return {}
-        return {"tuned_baseline": tuned["name"],
-                "test_acc_diff_progressive_minus_tuned": _paired(prog, tuned, "test_acc", lambda x, y: x - y),
-                "train_time_ratio_progressive_over_tuned": _paired(prog, tuned, "train_seconds", lambda x, y: x / y),
-                "speedup_to_tuned_accuracy": _time_to_accuracy(prog, tuned)}
-    out = {}
-    for adaptive, constant, key in (("progressive + adaptive", "progressive resize", "progressive"),
-                                    ("random resize + adaptive", "random resize", "random")):
-        if adaptive in c and constant in c:
-            out[f"test_acc_gain_adaptive_{key}"] = _paired(c[adaptive], c[constant], "test_acc", lambda x, y: x - y)
-    if tuned is not None:
-        out["tuned_baseline"] = tuned["name"]
-        for r in records:
-            resize = r["coords"].get("resize")
-            if resize not in (None, "none"):  # e.g. test_acc_diff_random_adaptive_minus_tuned
-                kind = "adaptive" if r["coords"]["adaptive"] else "constant"
-                out[f"test_acc_diff_{resize}_{kind}_minus_tuned"] = _paired(r, tuned, "test_acc", lambda x, y: x - y)
-    return out
+def table5(r: Runner, key: str) -> tuple[list[dict], dict]:
+    """Image size x RandAugment magnitude (no mixup or dropout), Translate/Cutout relative and in official pixels."""
+    p = r.p
+    _, _, gate = tuning(r)
+    specs, best = [], {}
+    for size in sorted(set(p.sizes)):
+        for m in p.magnitudes:
+            for variant, side in (("relative", 0), ("pixels", p.pixel_side))[: 2 if m else 1]:
+                specs.append((f"size {size}, RandAugment {m}" + (", official pixels" if side else ""),
+                              {"image_size": size, "randaug": m, "translate": variant if m else "none"},
+                              fixed(p, (m, 0.0, 0.0), size), dict(seeds=p.table5_seeds, size=size, fixed_side=side)))
+    cells = r.cells(specs)
+    for variant in ("relative", "pixels"):
+        for size in sorted(set(p.sizes)):
+            pool = [c for c in cells if c["coords"]["image_size"] == size and c["coords"]["translate"] in (variant,
+                                                                                                           "none")]
+            best.setdefault(variant, {})[str(size)] = max(pool, key=lambda c: c["val_acc_mean"])["coords"]["randaug"]
+    return cells, {"gate": gate, "best_magnitude_on_val": best}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Running a table
+def table7(r: Runner, key: str) -> tuple[list[dict], dict]:
+    """V1-shaped vs V2-shaped at matched parameters, both at L*, and the V2-shaped one with Algorithm 1."""
+    p = r.p
+    _, tuned, gate = tuning(r)
+    top = gate["tuned_level"]
+    v1 = r.cell(f"V1-shaped, fixed {p.sizes[-1]} px, {top}", {"model": p.v1_model, "shape": "V1", "progressive": False},
+                fixed(p, p.levels[top]), model=p.v1_model)
+    prog = r.cell("progressive + adaptive", {"resize": "progressive", "level": top}, adaptive(p, top))
+    v2 = {**tuned, "name": f"V2-shaped, fixed {p.sizes[-1]} px, {top}",
+          "coords": {"model": p.model, "shape": "V2", "progressive": False}}
+    v2p = {**prog, "name": "V2-shaped, progressive + adaptive",
+           "coords": {"model": p.model, "shape": "V2", "progressive": True}}
+    summary = {"gate": gate, "tuned_level": top, "time": key,
+               "params": {c["coords"]["model"]: c["runs"][0]["params"] for c in (v1, v2)}}
+    for name, cell in (("v2", v2), ("v2_progressive", v2p)):
+        summary[f"test_acc_diff_{name}_minus_v1"] = paired(cell["runs"], v1["runs"], "test_acc")
+        summary[f"train_time_ratio_{name}_over_v1"] = paired(cell["runs"], v1["runs"], key, _div)
+        summary[f"speedup_{name}_to_v1_accuracy"] = time_to_accuracy(cell, v1, key)
+    return [v1, v2p, v2], summary
 
 
-def _cell_record(name: str, coords: dict, schedule, runs: list[dict]) -> dict:
-    mean = {k: statistics.fmean(r[k] for r in runs) for k in ("val_acc", "test_acc", "train_seconds", "wall_seconds")}
-    return {"name": name, "coords": coords, "schedule_name": schedule.name,
-            "schedule": [s.as_dict() for s in schedule.phases()], "runs": runs,
-            **{f"{k}_mean": v for k, v in mean.items()}, "test_acc_ci95": interval([r["test_acc"] for r in runs])["ci95"]}
+BUILDERS = {12: table12, 13: table13, 5: table5, 7: table7}
+CALIBRATION = ((1000, 100), (1500, 100), (2000, 80))  # (training images, epochs) tried by calibrate()
 
 
-def run_key(model: str, schedule, eval_size: int, seed: int) -> str:
-    """A run's file name in the cache: what it trains (model, every phase of the schedule, evaluation size, seed),
-    so equal runs of different tables or cells share one file."""
-    phases = json.dumps([ph.as_dict() for ph in schedule.phases()], sort_keys=True)
-    return f"{model}_{hashlib.sha256(phases.encode()).hexdigest()[:10]}_at{eval_size}_seed{seed}"
+def calibrate(profile: str | AblationProfile = "smoke", cache=None, progress: bool = True, candidates=None) -> dict:
+    """The gate of candidate regimes (training images x epochs), each with the two weakest levels and two seeds:
+    which regime lets regularization help, and what a run costs. The profile's own regime is the one chosen."""
+    from .results import hardware
+
+    p, rows = get_profile(profile), []
+    for images, epochs in candidates or CALIBRATION:
+        q = p.replace(train_subset=images, epochs=epochs, seeds=p.seeds[:2], levels=dict(list(p.levels.items())[:2]))
+        with tempfile.TemporaryDirectory(prefix="ev2_calibrate_") as tmp:
+            cells, _, gate = tuning(Runner(q, cache, progress, tmp))
+        rows.append({"train_subset": images, "epochs": epochs, "gate": gate, "cells": cells,
+                     "cpu_seconds_per_run": statistics.fmean(run["train_cpu_seconds"] for c in cells
+                                                             for run in c["runs"])})
+    return {"table": "calibration", "profile": dataclasses.asdict(p), "candidates": rows, "device": hardware()[0],
+            "chosen": [p.train_subset, p.epochs]}
 
 
 def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str | Path | None = None,
               progress: bool = True, **overrides) -> dict:
-    """Run every cell of ``table`` for every seed (Table 5: ``table5_seeds``); returns what :func:`save_table` writes.
+    """Run every cell of ``table`` for every seed; returns what :func:`save_table` writes. ``cache``: a folder where
+    each finished run is kept (under the code's and the profile's digests) and reused by later calls."""
+    from .results import hardware
 
-    ``cache``: a folder; each finished run is kept there under the code's commit and the profile's digest, and
-    reused by later calls (Table 12's progressive cell is Table 13's first row; a stopped run continues)."""
-    from .results import code_digest, hardware
-
-    p = get_profile(profile, **overrides)
-    seeds = p.table5_seeds if table == 5 else p.seeds
-    folder = Path(cache) / f"{code_digest('ablations')}-{p.digest()}" if cache else None
-    todo = cells(table, p)
-    from tqdm.auto import tqdm
-
-    bar, runs, t0 = tqdm(total=len(todo) * len(seeds), desc=f"Table {table}", disable=not progress), {}, time.time()
+    if table not in BUILDERS:
+        raise ConfigError(f"ablation table must be one of {TABLES}, got {table!r}")
+    p, (device, kind), t0 = get_profile(profile, **overrides), hardware(), time.time()
+    key = "train_cpu_seconds" if kind == "cpu" else "train_seconds"  # one-thread CPU time is immune to neighbours
     with tempfile.TemporaryDirectory(prefix="ev2_ablations_") as tmp:
-        for seed in seeds:  # seed-major: a change in machine load hits every cell alike
-            for name, coords, schedule in todo:
-                size, model = coords.get("image_size", p.sizes[-1]), coords.get("model")
-                slug = run_key(model or p.model, schedule, size, seed)
-                runs[(name, seed)] = json_cache(folder / f"{slug}.json" if folder else None,
-                                                lambda: run_cell(schedule, p, seed, Path(tmp) / slug, size, model=model))
-                bar.update()
-    bar.close()
-    records = [_cell_record(name, coords, sched, [runs[(name, s)] for s in seeds]) for name, coords, sched in todo]
-    return {"table": table, "profile": dataclasses.asdict(p), "cells": records, "summary": summarize(table, records),
-            "device": hardware()[0], "wall_seconds": sum(r["wall_seconds"] for r in runs.values()),
-            "elapsed_seconds_this_call": time.time() - t0}
+        runner = Runner(p, cache, progress, tmp)
+        cells, summary = BUILDERS[table](runner, key)
+    return {"table": table, "profile": dataclasses.asdict(p), "cells": cells, "summary": summary, "device": device,
+            "time": key, "wall_seconds": sum(run["wall_seconds"] for c in cells for run in c["runs"]),
+            "trained_this_call": runner.trained, "elapsed_seconds_this_call": time.time() - t0}
 
 
-def result_name(table: int, device_type: str | None = None) -> str:
-    """``ablations_table{N}_gpu`` for a CUDA run, ``..._cpu`` otherwise (the chapter prefers the GPU one)."""
-    if device_type is None:
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"ablations_table{table}_{'gpu' if device_type == 'cuda' else 'cpu'}"
+def result_name(table: int | str, device_type: str | None = None) -> str:
+    """``ablations_table{N}_gpu`` (or ``ablations_calibration_gpu``) for a CUDA run, ``..._cpu`` otherwise."""
+    kind = "gpu" if (device_type or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else "cpu"
+    return f"ablations_{'table' if isinstance(table, int) else ''}{table}_{kind}"
 
 
 def save_table(record: dict, profile: str, command: str, directory=None) -> Path:
@@ -350,20 +413,10 @@ def save_table(record: dict, profile: str, command: str, directory=None) -> Path
                         profile=profile, directory=directory)
 
 
-def to_frame(record: dict):
-    """A table record as a pandas DataFrame: one row per cell, validation and test accuracy, train time."""
-    import pandas as pd
-
-    rows = [{"cell": r["name"], **r["coords"], "seeds": len(r["runs"]), "val acc": r["val_acc_mean"],
-             "test acc": r["test_acc_mean"], "test acc 95% CI": r["test_acc_ci95"],
-             "train s": r["train_seconds_mean"]} for r in record["cells"]]
-    return pd.DataFrame(rows)
-
-
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m ev2lib.ablations", description=__doc__.split("\n")[0])
-    ap.add_argument("--table", type=int, nargs="+", required=True,
-                    help="5, 12, 13 and/or 7 (runs are shared between tables)")
+    ap.add_argument("--table", type=int, nargs="*", default=[], help="12, 13, 5 and/or 7 (runs are shared)")
+    ap.add_argument("--calibrate", action="store_true", help="first record the gate of the CALIBRATION regimes")
     ap.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILES)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
     ap.add_argument("--data", default=None, help="override the dataset (e.g. synthetic:1024)")
@@ -371,9 +424,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--cache", default="runs/ablations", help="folder of finished runs, reused on a rerun")
     ap.add_argument("--save", action="store_true", help="write <results>/ablations_table{N}_{cpu|gpu}.json")
     args = ap.parse_args(argv)
-    for t in args.table:
-        if t not in TABLES:
-            raise ConfigError(f"--table must be among {TABLES}, got {t}")
+    bad = [t for t in args.table if t not in TABLES]
+    if bad or not (args.table or args.calibrate):
+        raise ConfigError(f"--table must be among {TABLES} (or give --calibrate), got {bad[0] if bad else 'none'}")
     from . import results
 
     if args.save and args.profile == "smoke" and not results.is_rehearsal():
@@ -382,15 +435,14 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.threads)
     over = {k: v for k, v in (("seeds", tuple(args.seeds) if args.seeds else None), ("data", args.data)) if v is not None}
     command, records = "python -m ev2lib.ablations " + " ".join(sys.argv[1:] if argv is None else argv), []
-    for t in args.table:
-        rec = run_table(t, args.profile, cache=args.cache, **over)
+    for t in (["calibration"] if args.calibrate else []) + args.table:
+        rec = calibrate(args.profile, args.cache) if t == "calibration" else run_table(t, args.profile, args.cache, **over)
         records.append(rec)
-        print(f"Table {t} ({args.profile}, {len(rec['cells'])} cells):")
-        print(to_frame(rec).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-        for k, v in rec["summary"].items():
-            print(f"  {k}: {v['mean']:.3f}, 95% CI {v['ci95']}, n={v['n']}" if isinstance(v, dict) and "mean" in v else f"  {k}: {v}")
+        for c in rec.get("cells", rec.get("candidates")):
+            print(f"{t}: {c.get('name', c.get('train_subset'))}: {json.dumps(c.get('gate') or c['test_acc_mean'])}")
+        print(f"{t}: {json.dumps(rec.get('summary', {}))}")
         if args.save:
-            print(f"  saved {save_table(rec, args.profile, command)}")
+            print(f"saved {save_table(rec, args.profile, command)}")
     return records
 
 

@@ -17,9 +17,9 @@ What is measured, and how:
   an *estimate of the same quantity*: the bytes autograd saves for the backward pass (``ev2lib.summary``, measured
   at batch 1 and scaled by the batch size) plus 3 x the parameter bytes (weights, gradients, SGD momentum).
   ``memory_kind`` says which of the two a number is.
-* **Largest batch** (Table 2's "OOM" column). CUDA: double the batch until ``torch.OutOfMemoryError``, then bisect,
-  up to ``limit``. CPU: the largest batch whose estimated peak memory fits ``memory_budget`` bytes (default 8 GiB),
-  found by the same bounded doubling/bisection on the estimate (nothing is allocated).
+* **Largest batch** (Table 2's "OOM" column). CUDA: double the batch until it does not fit (any out-of-memory
+  failure, :func:`is_out_of_memory`), then bisect, up to ``limit``. CPU: the largest batch whose estimated peak
+  memory fits ``memory_budget`` bytes (default 8 GiB), by the same doubling/bisection on the estimate.
 * **Per-stage time** (:func:`stage_times`): forward+backward milliseconds of each Table 4 stage on its real input,
   for the depthwise-vs-fused analysis of §3.2.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -109,6 +110,18 @@ def make_train_step(model: nn.Module, batch_size: int, image_size: int, dtype: s
     return step
 
 
+def warm_up(model: str, image_size: int, batch_size: int, dtype: str = "bf16", channels_last: bool = True,
+            steps: int = 3) -> None:
+    """A few untimed training steps and an evaluation pass of ``model`` at ``image_size`` on the GPU (CUDA
+    start-up, library handles, cuDNN's plan for the shape), so the first timed run is not the one paying for them."""
+    net = EfficientNet(get_config(model), num_classes=10).to("cuda")
+    step = make_train_step(net, batch_size, image_size, dtype, channels_last)
+    for _ in range(steps):
+        step()
+    make_inference(net, batch_size, image_size, dtype, channels_last)()
+    torch.cuda.synchronize()
+
+
 def make_inference(model: nn.Module, batch_size: int, image_size: int, dtype: str = "fp32",
                    channels_last: bool = False):
     """A closure running one eval-mode forward pass under ``torch.inference_mode``."""
@@ -182,13 +195,27 @@ def peak_memory(model: EfficientNet, batch_size: int, image_size: int, dtype: st
     return fixed + per_image * batch_size, "cpu estimate: saved-for-backward + 3x params"
 
 
+# Near full memory CUDA fails in more than one way: the caching allocator's OutOfMemoryError (torch.cuda's before
+# torch 2.4), or cuDNN's own allocation inside a RuntimeError. Each means "does not fit".
+OOM_MESSAGES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_SUPPORTED", "unable to find an engine",
+                "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether an exception of a training step means the batch does not fit in the GPU's memory."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in OOM_MESSAGES))
+
+
 def _fits_cuda(model, batch_size, image_size, dtype, channels_last) -> bool:
     try:
         make_train_step(model, batch_size, image_size, dtype, channels_last)()
         torch.cuda.synchronize()
         return True
-    except torch.OutOfMemoryError:
-        return False
+    except RuntimeError as e:  # OutOfMemoryError is a RuntimeError
+        if is_out_of_memory(e):
+            return False
+        raise
     finally:
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
@@ -349,7 +376,7 @@ def main(argv=None):
 
     from tqdm.auto import tqdm
 
-    runs = []
+    runs, cmd = [], "python -m ev2lib.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for cfg, size, b in tqdm(jobs, desc="bench", unit="run"):
         torch.manual_seed(0)
         r = benchmark(cfg, size, b, args.device, args.dtype, args.channels_last, args.repeats, args.warmup,
@@ -359,13 +386,13 @@ def main(argv=None):
                       per_stage=args.stage_times)
         tqdm.write(r.line())
         runs.append(asdict(r))
-    if args.save:
-        from . import results
+        if args.save:  # after every measurement: a run cut off keeps what it finished ("complete": false)
+            from . import results
 
-        cmd = "python -m ev2lib.bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-        path = results.save(args.save, {"runs": runs, "wall_seconds": time.perf_counter() - t0}, config=vars(args),
-                            command=cmd, profile=args.profile,
-                            device=args.device)
+            path = results.save(args.save, {"runs": runs, "complete": len(runs) == len(jobs),
+                                            "wall_seconds": time.perf_counter() - t0},
+                                config=vars(args), command=cmd, profile=args.profile, device=args.device)
+    if args.save:
         print(f"saved {path}")
     return runs
 

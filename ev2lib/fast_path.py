@@ -72,9 +72,10 @@ def _step(implementation: str, amp: str, channels_last: bool, compile: bool, bat
 
 
 def fast_path(batch_size: int = 128, image_size: int = 224, device: str | None = None, repeats: int = 20,
-              warmup: int = 5, compile: bool = True) -> dict:
+              warmup: int = 5, compile: bool = True, on_progress=None) -> dict:
     """Every setting of :data:`SETTINGS` (``compile=False`` drops torch.compile from all), warmed up one by one,
-    then timed interleaved; the ratios of their median training throughputs and the input pipeline's share."""
+    then timed interleaved; the ratios of their median training throughputs and the input pipeline's share.
+    ``on_progress(partial record)`` is called after each warm-up (what a run cut off keeps)."""
     dev = resolve_device(device or "auto")
     steps, runs = {}, {}
     for name, impl, amp, cl, comp in SETTINGS:
@@ -85,6 +86,8 @@ def fast_path(batch_size: int = 128, image_size: int = 224, device: str | None =
         runs[name] = {"implementation": impl, "amp": amp, "channels_last": cl, "compile": comp and compile,
                       "batch_size": batch_size, "image_size": image_size, "first_step_seconds": first,
                       "warmup_seconds": time.perf_counter() - t0, "times": []}
+        if on_progress:
+            on_progress({"device": str(dev), "complete": False, "runs": {k: {**r, "times": None} for k, r in runs.items()}})
     for _ in range(repeats):  # interleaved: one timed step of each setting in turn
         for name, step in steps.items():
             runs[name]["times"] += time_calls(step, repeats=1, warmup=0, device=dev)
@@ -96,7 +99,7 @@ def fast_path(batch_size: int = 128, image_size: int = 224, device: str | None =
     data = data_time(batch_size, image_size, dev, repeats, warmup)
     data["share_of_ev2lib_step"] = data["seconds"]["median"] / (data["seconds"]["median"] + batch_size / med["ev2lib"])
     return {"device": str(dev), "batch_size": batch_size, "image_size": image_size, "compile": compile, "runs": runs,
-            "data": data, "goals": GOALS,
+            "data": data, "goals": GOALS, "complete": True,
             "ratios": {"ev2lib / torchvision eager fp32": med["ev2lib"] / med["torchvision eager fp32"],
                        "ev2lib / torchvision, same settings": med["ev2lib"] / med["torchvision, same settings"]}}
 
@@ -137,7 +140,16 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.save and not args.profile:
         raise ConfigError("--save needs --profile colab or full (a GPU measurement)")
-    rec = fast_path(args.batch_size, args.image_size, args.device, args.repeats, args.warmup, not args.no_compile)
+    command = "python -m ev2lib.fast_path " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def save(rec):
+        from . import results
+
+        return results.save(args.save, rec, config=vars(args), command=command, profile=args.profile,
+                            device=rec["device"])
+
+    rec = fast_path(args.batch_size, args.image_size, args.device, args.repeats, args.warmup, not args.no_compile,
+                    on_progress=save if args.save else None)
     for name, r in rec["runs"].items():
         print(f"{name:28s} {r['train_img_s']['median']:10.1f} img/s  (first step {r['first_step_seconds']:.1f} s)")
     print(f"input pipeline {rec['data']['seconds']['median'] * 1e3:.1f} ms a batch: "
@@ -145,11 +157,7 @@ def main(argv=None) -> dict:
     for k, v in rec["ratios"].items():
         print(f"{k}: {v:.2f}x (goal {rec['goals'][k]:.1f}x)")
     if args.save:
-        from . import results
-
-        command = "python -m ev2lib.fast_path " + " ".join(sys.argv[1:] if argv is None else argv)
-        print("saved", results.save(args.save, rec, config=vars(args), command=command, profile=args.profile,
-                                    device=rec["device"]))
+        print("saved", save(rec))
     return rec
 
 

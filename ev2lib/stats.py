@@ -5,7 +5,8 @@ Pure Python (``math`` only), so a result file can be re-analysed anywhere; the t
 SciPy.
 
 * :func:`interval` -- mean and 95 % Student-t interval of per-seed values; :func:`paired` pairs two cells' runs
-  by seed; :func:`direction` says whether an interval excludes 0.
+  by seed; :func:`direction` says whether an interval excludes 0; :func:`time_to_accuracy` pairs the time two
+  runs take to reach the same validation accuracy.
 * :func:`kendall_tau` -- tau-b of two rankings; :func:`kendall_tau_p` -- the exact chance of a tau at least that
   large between unrelated rankings of ``n`` items; :func:`kendall_tau_critical` -- the tau chance exceeds 5 % of
   the time.
@@ -104,6 +105,25 @@ def direction(iv: dict | None) -> int:
     if not ci:
         return 0
     return 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
+
+
+def seconds_to_reach(run: dict, target: float, key: str = "train_seconds") -> float | None:
+    """The training seconds (``run["history"][i][key]``) at which a run's validation accuracy first reached
+    ``target``; None if it never did."""
+    return next((h[key] for h in run["history"] if h["val_acc"] >= target), None)
+
+
+def time_to_accuracy(fast: dict, base: dict, key: str = "train_seconds") -> dict:
+    """Per seed of two cells' runs: (seconds ``base`` needed to reach its own final validation accuracy) / (seconds
+    ``fast`` needed to reach it), with its interval; above 1, ``fast`` gets there sooner. ``seeds_never_reached``
+    counts the seeds where ``fast`` never did (no ratio exists for them)."""
+    ratios, missed, other = [], 0, {run["seed"]: run for run in fast["runs"]}
+    for b in base["runs"]:
+        t = seconds_to_reach(other[b["seed"]], b["val_acc"], key) if b["seed"] in other else None
+        missed += b["seed"] in other and t is None
+        if t:
+            ratios.append(seconds_to_reach(b, b["val_acc"], key) / t)
+    return {**interval(ratios), "seeds_never_reached": missed}
 
 
 # ----------------------------------------------------------------------------------------------------------

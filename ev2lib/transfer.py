@@ -61,6 +61,8 @@ class TransferExperiment:
     scratch_lrs: tuple = (0.004, 0.016, 0.064)
     seeds: tuple = (0, 1, 2)
     eval_subset: int = 0
+    long_scratch: int = 4  # at the largest size also a scratch arm with this many times the steps: what is
+    # pretraining worth beyond the budget? (0 = none)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -69,13 +71,14 @@ class TransferExperiment:
 EXPERIMENTS = {
     "smoke": TransferExperiment(val_images=500, pretrain_images=512, pretrain_epochs=1, sizes=(128,), steps=6,
                                 batch_size=32, finetune_lrs=(0.000125,), scratch_lrs=(0.004,), seeds=(0,),
-                                eval_subset=256),
+                                eval_subset=256, long_scratch=2),
     "cpu-reference": TransferExperiment(),
     # One GPU: the same experiment with five seeds (the paper averages five fine-tuning runs).
     "colab": TransferExperiment(seeds=(0, 1, 2, 3, 4)),
     "full": TransferExperiment(pretrain_epochs=30, sizes=(250, 1000, 5000, 23750), steps=2000, seeds=(0, 1, 2, 3, 4)),
 }
 METHODS = ("fine-tuned", "scratch")
+LONG = "scratch, longer"  # the scratch arm with e.long_scratch times the steps, at the largest size
 
 
 def pretrain(e: TransferExperiment, out: str | Path, progress: bool = False) -> dict:
@@ -93,14 +96,16 @@ def pretrain(e: TransferExperiment, out: str | Path, progress: bool = False) -> 
 
 def target_run(e: TransferExperiment, method: str, size: int, lr: float, seed: int, source: str, out: str | Path,
                progress: bool = False) -> dict:
-    """One run on the target task: ``method`` "fine-tuned" (from the checkpoint ``source``) or "scratch"."""
+    """One run on the target task: ``method`` "fine-tuned" (from the checkpoint ``source``), "scratch" or
+    :data:`LONG` (from scratch with ``e.long_scratch`` times the steps)."""
     import shutil
 
     from .train import train
 
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: train() would resume an old checkpoint
     cfg = finetune_config("smoke", "paper", model=e.model, data=e.data, classes=e.target_classes,
-                          val_images=e.val_images, train_subset=size, eval_subset=e.eval_subset, steps=e.steps,
+                          val_images=e.val_images, train_subset=size, eval_subset=e.eval_subset,
+                          steps=e.steps * (e.long_scratch if method == LONG else 1),
                           batch_size=e.batch_size, lr=lr, image_size=e.image_size, seed=seed, eval_every=10**9,
                           init=source if method == "fine-tuned" else "", out=str(out), progress=progress)
     out = {"method": method, "size": size, "lr": lr, "seed": seed}
@@ -133,8 +138,9 @@ def _run_cells(e: TransferExperiment, folder: Path, tmp: Path, keep: bool, progr
     from tqdm.auto import tqdm
 
     source = pretrain(e, folder / "source", progress)
-    grid = {"fine-tuned": e.finetune_lrs, "scratch": e.scratch_lrs}
-    total = sum(len(grid[m]) + len(e.seeds) - 1 for m in METHODS) * len(e.sizes)
+    grid = {"fine-tuned": e.finetune_lrs, "scratch": e.scratch_lrs, LONG: e.scratch_lrs}
+    todo = [(size, m) for size in e.sizes for m in METHODS] + ([(max(e.sizes), LONG)] if e.long_scratch else [])
+    total = sum(len(grid[m]) + len(e.seeds) - 1 for _, m in todo)
     bar, cells = tqdm(total=total, desc="transfer", disable=not progress), []
 
     def run(method, size, lr, seed):
@@ -144,17 +150,17 @@ def _run_cells(e: TransferExperiment, folder: Path, tmp: Path, keep: bool, progr
         bar.update()
         return rec
 
-    for size in e.sizes:
-        for method in METHODS:
-            tuning = [run(method, size, lr, e.seeds[0]) for lr in grid[method]]
-            finished = [r for r in tuning if r["val_acc"] is not None]
-            if not finished:
-                raise TrainingError(f"{method} at {size} images diverged at every learning rate {grid[method]}: "
-                                    f"lower the grid")
-            best = max(finished, key=lambda r: r["val_acc"])
-            runs = [best] + [run(method, size, best["lr"], s) for s in e.seeds[1:]]
-            cells.append({"method": method, "size": size, "lr": best["lr"], "tuning": tuning, "runs": runs,
-                          "test_acc": interval([r["test_acc"] for r in runs if r["test_acc"] is not None])})
+    for size, method in todo:
+        tuning = [run(method, size, lr, e.seeds[0]) for lr in grid[method]]
+        finished = [r for r in tuning if r["val_acc"] is not None]
+        if not finished:
+            raise TrainingError(f"{method} at {size} images diverged at every learning rate {grid[method]}: "
+                                f"lower the grid")
+        best = max(finished, key=lambda r: r["val_acc"])
+        runs = [best] + [run(method, size, best["lr"], s) for s in e.seeds[1:]]
+        cells.append({"method": method, "size": size, "lr": best["lr"], "tuning": tuning, "runs": runs,
+                      "steps": e.steps * (e.long_scratch if method == LONG else 1),
+                      "test_acc": interval([r["test_acc"] for r in runs if r["test_acc"] is not None])})
     bar.close()
     return cells, source
 
@@ -163,9 +169,11 @@ def summarize_transfer(cells: list[dict]) -> dict:
     """Per target size: fine-tuned minus scratch test accuracy, paired by seed (seeds where either run diverged are
     left out, and ``n`` says how many remain), with its 95 % interval."""
     by = {(c["method"], c["size"]): c for c in cells}
-    out = {str(size): paired(ft["runs"], by[("scratch", size)]["runs"], "test_acc")
-           for (method, size), ft in by.items() if method == "fine-tuned" and ("scratch", size) in by}
-    return {"test_acc_gain_finetuned_minus_scratch": out}
+    gain = {other: {str(size): paired(ft["runs"], by[(other, size)]["runs"], "test_acc")
+                    for (method, size), ft in by.items() if method == "fine-tuned" and (other, size) in by}
+            for other in ("scratch", LONG)}
+    return {"test_acc_gain_finetuned_minus_scratch": gain["scratch"],
+            "test_acc_gain_finetuned_minus_longer_scratch": gain[LONG]}
 
 
 def result_name(device_type: str | None = None) -> str:

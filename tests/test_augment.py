@@ -434,3 +434,22 @@ def test_train_data_on_cuda_yields_batches_on_the_gpu():
     td.set_augment(randaug_magnitude=10, mixup_alpha=0.8)
     _, x, y = next(td.train_batches(0))
     assert x.is_cuda and y.is_cuda and td.train[0].is_cuda
+
+
+def test_official_pixels_translate_a_small_image_further_relative_to_its_side():
+    """Translate in the official fixed pixels (those of a 32 px image here) moves a 16 px image twice as far,
+    relative to its side, as a 32 px one; relative to the side (the default), the same fraction at every size."""
+    def moved(side, fixed_side):  # how far a dot travels, as a fraction of the side
+        dot = torch.zeros(3, side, side, dtype=torch.uint8)
+        dot[:, 2, 1] = 255
+        px = ra.op_args("TranslateX", 10, side, fixed_side)[0]
+        out = ra.APPLY["TranslateX"](dot, px)
+        return (int(torch.nonzero(out[0, 2] == 255)[0]) - 1) / side
+
+    assert moved(16, 32) == pytest.approx(2 * moved(32, 32), abs=1 / 16) and moved(16, 32) > moved(32, 32)
+    assert moved(16, 0) == pytest.approx(moved(32, 0), abs=1 / 16)  # relative: the same fraction
+    assert ra.op_args("Cutout", 10, 16, 32) == ra.op_args("Cutout", 10, 32, 32) == (int(40 / 224 * 32),)
+    assert ra.op_args("TranslateX", 10, 224, 224) == pytest.approx((100,))  # official: 100 px at 224
+    batch = da.draw(64, 16, 16, 1, image_size=16, randaug_magnitude=10, randaug_fixed_side=32)
+    translate = batch["ops"] == ra.OPS.index("TranslateX")
+    assert translate.any() and torch.allclose(batch["ra_args"][translate].abs(), torch.tensor(100 / 224 * 32))

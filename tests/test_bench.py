@@ -117,3 +117,13 @@ def test_cli_errors_are_one_line():
         bench.main(["--save", "x", "--device", "cpu"])
     with pytest.raises(ConfigError, match="--batch-size"):
         bench.main(["--batch-size", "0", "--device", "cpu"])
+
+
+def test_every_kind_of_out_of_memory_failure_means_the_batch_does_not_fit():
+    from ev2lib.bench import is_out_of_memory
+
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("GET was unable to find an engine to execute this computation"))
+    assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not a runtime failure of the step
