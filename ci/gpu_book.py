@@ -4,12 +4,15 @@
     python ci/gpu_book.py OUT --sections table12 v1_v2
     python ci/gpu_book.py OUT --rehearse            # the identical path on the CPU, smoke sizes (never results)
 
-A *section* is a few commands that record ``*_gpu`` results with ``ev2lib.results.save`` (provenance names the GPU),
-then, where it has one, its chapter executed with papermill in the ``colab`` profile, which shows them. Sections run
-in priority order, each under its own time budget (seconds on an H100; a killed section is marked and the next one
-starts); what finished is kept when a later one is cut off, and a section whose results are current at this commit
-(ci/current.py) is skipped. Everything lands in ``OUT``: ``results/`` (the result files), ``notebooks/`` (executed
-chapters), ``log.txt`` and ``kit.json`` (what ran, how long, how it ended), packed into ``OUT/gpu_book.tar.gz``.
+First a pre-flight of about 30 s (:func:`preflight`): Python and torch, every section's imports, the CIFAR-10
+archive, caches under ``OUT``, and whether torch.compile works on the GPU; one line names what is missing before
+any of the window is spent. Then *sections*: a few commands that record ``*_gpu`` results with
+``ev2lib.results.save`` (the commit is the checkout's, wherever ``OUT`` is), and where it has one, its chapter
+executed with papermill in the ``colab`` profile with the kit's run cache. Sections run in priority order, each
+under its own budget (seconds on an H100, :data:`ESTIMATES` says what each rests on). A section cut off keeps what
+it finished: results are saved as they come, the finished ablation runs sit in ``OUT/runs``, what the commands
+printed is logged, and ``kit.json`` and ``OUT/gpu_book.tar.gz`` (results, notebooks, runs, log.txt, kit.json) are
+rewritten after every section. A section whose results are current (ci/current.py) is skipped.
 
 The rehearsal runs the same sections with the smoke profile on the CPU, writes into a results folder marked as a
 rehearsal (``ev2lib.results`` refuses smoke results anywhere else) and needs no network.
@@ -23,48 +26,44 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MINUTES = 6.0  # what runs by default: sections whose budgets add up to this fit, so a rerun fits 15 min
+DEFAULT_MINUTES = 8.0  # what runs by default (fast_path, table12): with the start-up, one 10-minute call
 
 
 @dataclass(frozen=True)
 class Section:
     name: str
     what: str
-    budget: float  # seconds on an H100 (the commands and the chapter together): estimates until a GPU run's kit.json
-    # says what each took. fast_path compiles V2-S twice; v1_v2 trains only the V1-shaped runs (the V2-shaped ones are
-    # table12's, in the same run cache)
-    gpu: tuple  # commands (argument lists after "python"), with {cache} for the section's run cache
+    budget: float  # seconds on an H100, commands and chapter together: estimates (what each rests on: ESTIMATES)
+    gpu: tuple  # commands (argument lists after "python"), with {cache} for the kit's run cache
     rehearse: tuple  # the same commands at smoke sizes on the CPU
     results: tuple = ()  # result names the commands write
-    chapters: tuple = ()  # book/<slug>.ipynb executed with the profile afterwards
+    chapters: tuple = ()  # (book/<slug>.ipynb, its extra papermill parameters) executed with the profile afterwards
     rehearse_budget: float = 300.0  # seconds on 2 CPU cores
     reuses_runs: bool = False  # its chapter reuses the runs the commands trained: its time is not a reader's
 
 
 BENCH = ("--repeats", "10", "--warmup", "3", "--no-inference", "--device", "cuda", "--dtype", "bf16", "--channels-last")
 BENCH_CPU = ("--repeats", "1", "--warmup", "1", "--no-inference", "--device", "cpu", "--batch-size", "2")
+ABLATIONS = ("-m", "ev2lib.ablations", "--cache", "{cache}", "--save", "--table")
 SECTIONS = (
-    Section("fast_path", "EfficientNetV2-S training step: ev2lib vs torchvision (bf16, channels_last, compile)", 150,
+    Section("fast_path", "EfficientNetV2-S training step: ev2lib vs torchvision (bf16, channels_last, compile)", 240,
             gpu=(("-m", "ev2lib.fast_path", "--save", "fast_path_gpu", "--profile", "colab"),),
             rehearse=(("-m", "ev2lib.fast_path", "--device", "cpu", "--batch-size", "2", "--image-size", "32",
                        "--no-compile", "--repeats", "2", "--warmup", "1", "--save", "fast_path_gpu", "--profile",
                        "smoke"),),
             results=("fast_path_gpu",)),
-    Section("table12", "progressive learning vs a tuned fixed-size baseline, time to accuracy (Table 12)", 150,
-            gpu=(("-m", "ev2lib.ablations", "--table", "12", "--profile", "colab", "--cache", "{cache}", "--save"),),
-            rehearse=(("-m", "ev2lib.ablations", "--table", "12", "--profile", "smoke", "--cache", "{cache}",
-                       "--save"),),
+    Section("table12", "progressive learning vs the tuned fixed size, and the equal-time arm (Table 12)", 240,
+            gpu=((*ABLATIONS, "12", "--profile", "colab"),), rehearse=((*ABLATIONS, "12", "--profile", "smoke"),),
             results=("ablations_table12_gpu",)),
-    Section("v1_v2", "V1-shaped vs V2-shaped network, time to accuracy (Table 7, Figure 1)", 60,
-            gpu=(("-m", "ev2lib.ablations", "--table", "7", "--profile", "colab", "--cache", "{cache}", "--save"),),
-            rehearse=(("-m", "ev2lib.ablations", "--table", "7", "--profile", "smoke", "--cache", "{cache}",
-                       "--save"),),
-            results=("ablations_table7_gpu",), chapters=("ablations",), reuses_runs=True),
-    Section("tables_2_3", "image size and Fused-MBConv on the GPU (Tables 2 and 3)", 120,
+    Section("v1_v2", "V1-B0 vs V2-B0 and V2-B0 progressive (Table 7, Figure 1)", 120,
+            gpu=((*ABLATIONS, "12", "7", "--profile", "colab"),), rehearse=((*ABLATIONS, "12", "7", "--profile",
+                                                                             "smoke"),),
+            results=("ablations_table7_gpu",), chapters=(("ablations", ("tables", "12 7")),), reuses_runs=True),
+    Section("tables_2_3", "image size and Fused-MBConv on the GPU (Tables 2 and 3)", 180,
             gpu=(("-m", "ev2lib.bench", "--model", "efficientnet_b6", "--image-size", "256", "320", "380", "448", "512",
                   "--batch-size", "12", "max", "--max-batch", "--max-batch-limit", "512", *BENCH, "--save",
                   "bottlenecks_image_size_gpu", "--profile", "colab"),
@@ -75,8 +74,9 @@ SECTIONS = (
                        "--save", "bottlenecks_image_size_gpu", "--profile", "smoke"),
                       ("-m", "ev2lib.bench", "--model", "efficientnet_b4", "--fused-stages", "none", "1-3", "1-5",
                        "1-7", "--image-size", "64", *BENCH_CPU, "--save", "fused_mbconv_table3_gpu", "--profile", "smoke")),
-            results=("bottlenecks_image_size_gpu", "fused_mbconv_table3_gpu"), chapters=("bottlenecks", "fused_mbconv")),
-    Section("stage_times", "per-stage time: depthwise vs fused, equal vs non-uniform scaling (§3.2)", 120,
+            results=("bottlenecks_image_size_gpu", "fused_mbconv_table3_gpu"),
+            chapters=(("bottlenecks", ()), ("fused_mbconv", ()))),
+    Section("stage_times", "per-stage time: depthwise vs fused, equal vs non-uniform scaling (§3.2)", 150,
             gpu=(("-m", "ev2lib.bench", "--model", "efficientnet_b4", "--fused-stages", "none", "1-7", "--image-size",
                   "380", "--batch-size", "32", "--stage-times", *BENCH, "--save", "bottlenecks_stage_times_gpu",
                   "--profile", "colab"),
@@ -88,8 +88,20 @@ SECTIONS = (
                        "--profile", "smoke"),
                       ("-m", "ev2lib.bench", "--model", "efficientnet_b0", "efficientnetv2_s", "--image-size", "64",
                        "--stage-times", *BENCH_CPU, "--save", "bottlenecks_scaling_gpu", "--profile", "smoke")),
-            results=("bottlenecks_stage_times_gpu", "bottlenecks_scaling_gpu"), chapters=("bottlenecks",)),
+            results=("bottlenecks_stage_times_gpu", "bottlenecks_scaling_gpu"), chapters=(("bottlenecks", ()),)),
 )
+# What each H100 budget rests on (no GPU has run the kit yet; kit.json of the first run replaces these guesses).
+ESTIMATES = {
+    "fast_path": "two cold torch.compile runs of V2-S forward + backward (typically 60-120 s each, up to ~3 min), "
+                 "then 3 x (5 + 20) steps of batch 128 at 224 px (~0.1-0.3 s each) and the input pipeline",
+    "table12": "12 runs of EfficientNetV2-B0 (4 levels x 2 seeds, progressive and equal time x 2 seeds), each "
+               "10,000 images x 8 epochs at up to 128 px, eager: ~5 ms of kernel launches a step, ~40 steps an "
+               "epoch; plus warm-up per shape and CIFAR-10's decode (~10 s)",
+    "v1_v2": "Table 12's runs from the cache, 2 runs of V1-B0 (as above), and the ablations chapter from the cache",
+    "tables_2_3": "a bisection for the largest batch of B6 at 5 sizes (each try one step), then 10 + 3 steps per "
+                  "size, and B4 at 4 fused variants",
+    "stage_times": "per-stage timing of B4 (2 variants) and of 7 networks at batch 16, 10 repeats each",
+}
 NAMES = tuple(s.name for s in SECTIONS)
 
 
@@ -117,15 +129,21 @@ def current(names) -> bool:
                                               capture_output=True).returncode == 0 for n in names)
 
 
+def _text(b) -> str:
+    return (b.decode(errors="replace") if isinstance(b, bytes) else b or "")
+
+
 def run(cmd: list[str], budget: float, log, env) -> tuple[str, float]:
-    """Run ``cmd`` under ``budget`` seconds; return (status, seconds): "ok", "failed (exit N)" or "cut off"."""
+    """Run ``cmd`` under ``budget`` seconds; return (status, seconds): "ok", "failed (exit N)" or "cut off". What
+    it printed is logged in every case, a cut-off command's too."""
     t0 = time.perf_counter()
     log(f"$ {' '.join(cmd)}  (budget {budget:.0f} s)")
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=max(budget, 1), capture_output=True, text=True)
         log(proc.stdout[-4000:] + proc.stderr[-4000:])
         status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
+        log(_text(e.stdout)[-4000:] + _text(e.stderr)[-4000:] + f"\n[gpu_book] cut off after {budget:.0f} s")
         status = "cut off"
     return status, time.perf_counter() - t0
 
@@ -146,23 +164,127 @@ def record_chapter_time(results_dir: Path, chapter: str, seconds: float, profile
                  profile=profile, device=device, directory=results_dir)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Pre-flight: what a bare machine may lack, found in ~30 s instead of in the middle of the window
+
+IMPORTS = ("ev2lib.fast_path", "ev2lib.ablations", "ev2lib.bench", "ev2lib.book", "papermill", "nbformat", "ipykernel",
+           "matplotlib", "seaborn", "pandas", "ipywidgets", "tqdm")
+
+
+def caches(out: Path) -> dict:
+    """Every cache a section writes, under ``out`` (a bare machine's home may be read-only or small)."""
+    return {k: str(out / "cache" / v) for k, v in (("EV2_CACHE_DIR", "ev2lib"), ("TRITON_CACHE_DIR", "triton"),
+            ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "xdg"),
+            ("JUPYTER_RUNTIME_DIR", "jupyter"), ("IPYTHONDIR", "ipython"))}
+
+
+def preflight(out: Path, env: dict, rehearse: bool) -> dict:
+    """Python and torch, every section's imports, the data archive, writable caches and, on a GPU, a tiny compiled
+    function (Triton needs a C compiler and Python.h). Returns what it found, ``missing`` naming what stops the
+    kit and ``compile`` whether torch.compile works (if not, fast_path is measured without it)."""
+    import platform
+    import shutil
+    import sysconfig
+
+    found, missing = {"python": platform.python_version()}, []
+    probe = "import importlib, sys, torch; [importlib.import_module(m) for m in sys.argv[1:]]; print(torch.__version__)"
+    proc = subprocess.run([sys.executable, "-c", probe, *IMPORTS], env=env, capture_output=True, text=True, timeout=120)
+    found["torch"] = proc.stdout.strip()
+    if proc.returncode:
+        missing.append("an import: " + (proc.stderr.strip().splitlines() or ["?"])[-1])
+    data = Path(env.get("EV2_DATA_DIR") or "/nonexistent") / "cifar10_jpeg.npz"
+    found["data"] = data.is_file()
+    if not data.is_file():
+        missing.append("the CIFAR-10 archive (carry .gpu_kit/data/cifar10_jpeg.npz)")
+    for var, folder in caches(out).items():
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / ".probe").write_text("ok")
+        except OSError:
+            missing.append(f"a writable {var} ({folder})")
+    found["c_compiler"] = bool(shutil.which("cc") or shutil.which("gcc"))
+    found["python_h"] = (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file()
+    found["compile"] = None if rehearse else _compiles(env)
+    return {**found, "missing": missing}
+
+
+def _compiles(env: dict) -> bool:
+    """Whether torch.compile builds and runs a tiny function on the GPU (inductor + Triton), within 2 minutes."""
+    code = ("import torch; f = torch.compile(lambda x: (x * 2).sin().sum()); "
+            "print(float(f(torch.ones(64, device='cuda'))))")
+    try:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+
+
+def write_kit(out: Path, kit: dict) -> None:
+    """kit.json (rewritten after every section: a window cut short keeps what it says) and the archive."""
+    (out / "kit.json").write_text(json.dumps(kit, indent=1))
+    with tarfile.open(out / "gpu_book.tar.gz", "w:gz") as tar:
+        for sub in ("results", "notebooks", "runs", "log.txt", "kit.json"):
+            if (out / sub).exists():
+                tar.add(out / sub, arcname=sub)
+
+
+def run_section(s: Section, args, out: Path, env: dict, log, compiles: bool) -> dict:
+    """A section's commands, then its chapters, under its budget; what it finished stays on disk either way."""
+    profile = "smoke" if args.rehearse else "colab"
+    budget = dict(args.budget).get(s.name) or (s.rehearse_budget if args.rehearse else s.budget)
+    t0, status = time.perf_counter(), "ok"
+    before = {p.name: p.stat().st_mtime for p in (out / "results").glob("*.json")}
+    for cmd in (s.rehearse if args.rehearse else s.gpu):
+        cmd = [c.format(cache=str(out / "runs")) for c in cmd]
+        if s.name == "fast_path" and compiles is False:
+            log("[gpu_book] torch.compile failed in the pre-flight: fast_path measures without it (--no-compile)")
+            cmd.append("--no-compile")
+        status, _ = run([sys.executable, *cmd], budget - (time.perf_counter() - t0), log, env)
+        if status != "ok":
+            break
+    for ch, extra in s.chapters if status == "ok" else ():
+        nb = out / "notebooks" / f"{ch}.ipynb"
+        params = ["-p", "profile", profile, "-p", "cache", str(out / "runs")]
+        params += [a for k, v in zip(extra[::2], extra[1::2]) for a in ("-p", k, v)]
+        status, secs = run([sys.executable, "-m", "papermill", str(ROOT / "book" / f"{ch}.ipynb"), str(nb), "-k",
+                            "python3", *params, "--cwd", str(ROOT / "book")], budget - (time.perf_counter() - t0),
+                           log, env)
+        if status != "ok":
+            break
+        if not s.reuses_runs:  # what the chapter's "run it" box shows as its time on this GPU
+            record_chapter_time(out / "results", ch, secs, profile, "cpu" if args.rehearse else "cuda")
+    return {"section": s.name, "what": s.what, "status": status, "seconds": time.perf_counter() - t0,
+            "budget": budget, "estimate": ESTIMATES.get(s.name, ""),
+            "results": sorted(p.stem for p in (out / "results").glob("*.json") if before.get(p.name) != p.stat().st_mtime)}
+
+
+def _budget(text: str) -> tuple[str, float]:
+    name, _, seconds = text.partition("=")
+    return name, float(seconds)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python ci/gpu_book.py", description=__doc__.split("\n")[0])
     p.add_argument("out", help="folder for the results, executed notebooks, log and archive")
     p.add_argument("--sections", nargs="+", default=None, help=f"any of: {' '.join(NAMES)}")
     p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="H100 minutes of sections to run")
     p.add_argument("--rehearse", action="store_true", help="the same path on the CPU with the smoke profile")
+    p.add_argument("--budget", type=_budget, nargs="+", default=[], metavar="SECTION=SECONDS",
+                   help="override a section's budget (the rehearsal's test cuts one off this way)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    (out / "notebooks").mkdir(exist_ok=True)
+    for sub in ("results", "notebooks", "runs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     if args.rehearse:
         (out / "results" / "REHEARSAL").write_text("smoke results of ci/gpu_book.py --rehearse: never results\n")
     import torch
 
     if not args.rehearse and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA GPU visible; on a CPU run `bash ci/gpu_book.sh OUT --rehearse`")
-    env = {**os.environ, "EV2_RESULTS_DIR": str(out / "results"), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, **caches(out), "EV2_RESULTS_DIR": str(out / "results"), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     logfile = (out / "log.txt").open("a")
 
@@ -171,42 +293,25 @@ def main(argv=None) -> int:
         logfile.write(text + "\n")
         logfile.flush()
 
-    profile, kit = ("smoke" if args.rehearse else "colab"), []
-    device = "cpu (rehearsal)" if args.rehearse else torch.cuda.get_device_name()
-    log(f"[gpu_book] {device}; profile {profile}; sections {[s.name for s in plan(args.sections, args.minutes, args.rehearse)]}")
-    for s in plan(args.sections, args.minutes, args.rehearse):
+    sections = plan(args.sections, args.minutes, args.rehearse)
+    kit = {"device": "cpu (rehearsal)" if args.rehearse else torch.cuda.get_device_name(),
+           "profile": "smoke" if args.rehearse else "colab", "preflight": preflight(out, env, args.rehearse),
+           "sections": []}
+    log(f"[gpu_book] {kit['device']}; profile {kit['profile']}; sections {[s.name for s in sections]}; "
+        f"pre-flight {kit['preflight']}")
+    write_kit(out, kit)
+    if kit["preflight"]["missing"]:
+        raise SystemExit("error: pre-flight: missing " + "; ".join(kit["preflight"]["missing"]))
+    for s in sections:
         if not args.rehearse and current(s.results):
-            kit.append({"section": s.name, "status": "skipped: current at this commit", "seconds": 0.0})
-            continue
-        budget, t0, status = (s.rehearse_budget if args.rehearse else s.budget), time.perf_counter(), "ok"
-        before = {p.name: p.stat().st_mtime for p in (out / "results").glob("*.json")}
-        for cmd in (s.rehearse if args.rehearse else s.gpu):
-            left = budget - (time.perf_counter() - t0)
-            argv_ = [sys.executable, *[c.format(cache=str(out / "runs")) for c in cmd]]
-            status, _ = run(argv_, left, log, env)
-            if status != "ok":
-                break
-        for ch in s.chapters if status == "ok" else ():
-            left = budget - (time.perf_counter() - t0)
-            nb = out / "notebooks" / f"{ch}.ipynb"
-            status, secs = run([sys.executable, "-m", "papermill", str(ROOT / "book" / f"{ch}.ipynb"), str(nb), "-k",
-                                "python3", "-p", "profile", profile, "-p", "cache", str(out / "runs"),  # the sections' runs
-                                "--cwd", str(ROOT / "book")], left, log, env)
-            if status != "ok":
-                break
-            if not s.reuses_runs:  # what the chapter's "run it" box shows as its time on this GPU
-                record_chapter_time(out / "results", ch, secs, profile, "cpu" if args.rehearse else "cuda")
-        kit.append({"section": s.name, "what": s.what, "status": status, "seconds": time.perf_counter() - t0,
-                    "budget": budget, "results": sorted(p.stem for p in (out / "results").glob("*.json")
-                                                        if before.get(p.name) != p.stat().st_mtime)})
-        log(f"[gpu_book] {s.name}: {status} in {kit[-1]['seconds']:.0f} s of {budget:.0f}")
-    (out / "kit.json").write_text(json.dumps({"device": device, "profile": profile, "sections": kit}, indent=1))
+            kit["sections"].append({"section": s.name, "status": "skipped: current at this commit", "seconds": 0.0})
+        else:
+            kit["sections"].append(run_section(s, args, out, env, log, kit["preflight"]["compile"]))
+            log(f"[gpu_book] {s.name}: {kit['sections'][-1]['status']} in {kit['sections'][-1]['seconds']:.0f} s")
+        write_kit(out, kit)
     logfile.close()
-    with tarfile.open(out / "gpu_book.tar.gz", "w:gz") as tar:
-        for sub in ("results", "notebooks", "log.txt", "kit.json"):
-            tar.add(out / sub, arcname=sub)
     print(f"[gpu_book] packed {out / 'gpu_book.tar.gz'}")
-    return 0 if all(k["status"] == "ok" or k["status"].startswith("skipped") for k in kit) else 1
+    return 0 if all(k["status"] == "ok" or k["status"].startswith("skipped") for k in kit["sections"]) else 1
 
 
 if __name__ == "__main__":

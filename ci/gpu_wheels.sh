@@ -22,8 +22,10 @@ quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >
 echo "[gpu_wheels] cp312 (the GPU machine): $(grep -v '^#' "$KIT" | xargs)"
 quiet "$PY" -m pip download --quiet --dest "$OUT/cp312" --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -r "$KIT"
-# The machine already has these (in versions that satisfy the kit); two versions of one package stop an install.
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -r "$KIT" "aiohttp>=3.9"
+# (aiohttp: papermill needs it on Python 3.12, a marker pip evaluates with this machine's Python, so it is named.)
+# The lent machines and Colab have these (two versions of one package stop an install); the kit's pre-flight checks
+# that they import, rather than assume it.
 for have in numpy pandas matplotlib seaborn tqdm torch torchvision pillow; do
   rm -f "$OUT/cp312/${have}"-[0-9]*.whl "$OUT/cp312/${have^}"-[0-9]*.whl
 done

@@ -44,14 +44,24 @@ from .model import EfficientNet, parse_stages, swap_blocks
 from .summary import count_macs, count_params, saved_for_backward
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision(device: str = "cuda") -> str:
+    """The autocast dtype a measurement on ``device`` should use: the training loop's own choice
+    (:func:`ev2lib.recipe.resolve_amp`): bf16 where the hardware runs it natively, fp16 on an older GPU (a T4,
+    whose bf16 is emulated), fp32 on a CPU without bf16."""
+    from .recipe import resolve_amp
+
+    return {"none": "fp32"}.get(amp := resolve_amp("auto", torch.device(device)), amp)
 CPU_MEMORY_BUDGET = 8 * 2**30
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Timing
 
-def time_calls(fn, repeats: int = 10, warmup: int = 3, device="cpu") -> list[float]:
-    """Seconds taken by each of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls."""
+def time_calls(fn, repeats: int = 10, warmup: int = 3, device="cpu", clock=time.perf_counter) -> list[float]:
+    """Seconds taken by each of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls: CUDA events on a GPU,
+    ``clock`` on a CPU (``time.process_time`` for a one-thread process: what a neighbour cannot stretch)."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -67,9 +77,9 @@ def time_calls(fn, repeats: int = 10, warmup: int = 3, device="cpu") -> list[flo
             end.synchronize()
             times.append(start.elapsed_time(end) / 1000)
         else:
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     return times
 
 

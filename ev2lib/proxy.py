@@ -39,15 +39,17 @@ def _torch_threads(n: int):
 
 def measure(config: ModelConfig, proxy: ProxyTask) -> tuple[float, int]:
     """(S, P) of ``config``: the median seconds of one full training step (forward, loss, backward, SGD;
-    ``ev2lib.bench``) on this machine at the proxy's image size, timing batch and threads, and its parameters."""
+    ``ev2lib.bench``) on this machine at the proxy's image size, timing batch and threads, and its parameters. On a
+    CPU with one thread the seconds are the process's CPU time, which a process running beside it cannot stretch."""
     from .bench import make_train_step, time_calls
     from .model import EfficientNet
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with _torch_threads(proxy.threads):
         model = EfficientNet(config, num_classes=NUM_CLASSES).to(device)
+        clock = time.process_time if device == "cpu" and proxy.threads == 1 else time.perf_counter
         times = time_calls(make_train_step(model, proxy.timing_batch, proxy.image_size), proxy.timing_repeats,
-                           warmup=2, device=device)
+                           warmup=2, device=device, clock=clock)
     return sorted(times)[len(times) // 2], count_params(model)
 
 
@@ -78,10 +80,8 @@ class ProxyTask:
 PROXIES = {  # the search presets, by ev2lib's profile names; "colab" and "full" are for a GPU
     "smoke": ProxyTask(train_images=384, val_images=256, eval_images=64, image_size=16, epochs=1, batch_size=64,
                        timing_repeats=3),
-    # Chosen with ci/calibrate_nas_proxy.py (the backbone and 7 random architectures, 2 seeds each; not a result):
-    # 2,000 images x 4 epochs scored on 2,000 gave an accuracy spread across architectures 0.8x the seed-to-seed
-    # spread; 4,000 x 8 on 5,000 gave 1.7x (seed std 0.008); scoring on 10,000 instead did not lower the seed noise
-    # (training, not the validation sample, makes it). ~1 min per trial on one thread beside another process.
+    # The smallest proxy whose spread across architectures clearly exceeds its seed-to-seed noise (the recorded
+    # noise check, python -m ev2lib.search --noise, measures both); ~1 min per trial on one thread.
     "cpu-reference": ProxyTask(train_images=4000, val_images=5000, eval_images=200, image_size=16, epochs=8,
                                batch_size=64),
     # One GPU, sized for the chapter's ~15 minutes on a T4 (20 trials, the noise, the validity check): an estimate.

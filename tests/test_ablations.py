@@ -124,8 +124,9 @@ def test_a_tiny_real_grid_trains_once_shares_runs_through_the_cache_and_saves(tm
 
 def test_calibration_records_the_gate_of_each_candidate_regime(monkeypatch):
     monkeypatch.setattr(ablations, "run_cell", _fake_run(lambda ph: 0.6 if ph.randaug_magnitude else 0.5))
-    rec = ablations.calibrate("cpu-reference", progress=False, candidates=((1000, 100), (1500, 60)))
-    assert [(c["train_subset"], c["epochs"]) for c in rec["candidates"]] == [(1000, 100), (1500, 60)]
+    rec = ablations.calibrate("cpu-reference", progress=False)  # the profile's regime, and twice the images
+    assert [(c["train_subset"], c["epochs"]) for c in rec["candidates"]] == [(1000, 100), (2000, 100)]
+    assert rec["chosen"] == [1000, 100]
     assert all(len(c["cells"]) == 2 and len(c["cells"][0]["runs"]) == 2 for c in rec["candidates"])
     assert rec["candidates"][0]["gate"]["passed"] and result_name("calibration", "cpu") == "ablations_calibration_cpu"
 

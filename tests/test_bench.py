@@ -127,3 +127,17 @@ def test_every_kind_of_out_of_memory_failure_means_the_batch_does_not_fit():
     assert is_out_of_memory(RuntimeError("GET was unable to find an engine to execute this computation"))
     assert not is_out_of_memory(RuntimeError("Expected all tensors to be on the same device"))
     assert not is_out_of_memory(ValueError("out of memory"))  # not a runtime failure of the step
+
+
+def test_a_t4_measures_in_fp16_and_an_ampere_gpu_in_bf16(monkeypatch):
+    """The chapters' precision is the training loop's: a GPU of compute capability 7.5 (a T4) emulates bf16, so
+    fp16; from 8.0 on, bf16 (torch.cuda.is_bf16_supported would say yes to both, counting emulation)."""
+    from ev2lib import bench
+
+    for capability, want in (((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        native = capability >= (8, 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n or including_emulation)
+        assert bench.precision("cuda") == want, capability
+    monkeypatch.setattr("ev2lib.recipe.cpu_has_native_bf16", lambda: False)
+    assert bench.precision("cpu") == "fp32"

@@ -58,7 +58,8 @@ def fake_timing(monkeypatch):
         step = real_step(model, batch_size, image_size, **kw)
         return step, sum(p.numel() for p in model.parameters()) / 1e7
 
-    def time_calls(fn_and_unit, repeats, warmup, device):
+    def time_calls(fn_and_unit, repeats, warmup, device, clock=None):
+        built[-1] += (getattr(clock, "__name__", None),)  # the clock the proxy times with
         return [k * fn_and_unit[1] for k in (3, 1, 2)][:repeats]
 
     monkeypatch.setattr(ev2lib.bench, "make_train_step", make_train_step)
@@ -87,7 +88,8 @@ def test_reward_is_normalised_by_the_reference_measured_like_a_candidate(fake_ti
     three = replace(TINY, timing_repeats=3, threads=1)
     n = n_params(SPACE.backbone)
     assert measure(SPACE.backbone, three) == (pytest.approx(2 * n / 1e7), n)  # the median time, 10-class params
-    assert fake_timing[-1] == (three.timing_batch, three.image_size, 1)  # timing batch, proxy size, proxy threads
+    # timing batch, proxy size, proxy threads; one thread on a CPU: the process's own CPU time
+    assert fake_timing[-1] == (three.timing_batch, three.image_size, 1, "process_time")
     r = reward_relative_to(SPACE.backbone, three)
     assert (r.w, r.v, r.ref_step_time, r.ref_params) == (-0.07, -0.05, pytest.approx(2 * n / 1e7), n)
     # the backbone evaluated as a candidate scores exactly its accuracy (S = P = 1); a wider candidate less

@@ -3,7 +3,6 @@ save -> load round-trips with provenance."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,5 @@
 """ev2lib.stats against SciPy: the t quantile and interval, Kendall's tau and its exact null distribution, the
 permutation test of a subset's mean."""
-import itertools
 import math
 import random
 import statistics
