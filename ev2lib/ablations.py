@@ -1,25 +1,18 @@
-"""Small-scale ablations of progressive learning and of the V2 design (paper §4.1, §5.2, §6.2, §6.3; Tables 5, 7,
-12 and 13, Figure 1), run with :func:`ev2lib.train.train` on a subset of CIFAR-10.
+"""Small-scale ablations of progressive learning and of the V2 design (paper §4.1, §5.1, §6.2, §6.3; Tables 5, 7,
+12, 13, Figure 1), trained with :func:`ev2lib.train.train` on a subset of CIFAR-10.
 
-**A regime where regularization can help.** Every table first trains the fixed-size baseline at every level of
-:attr:`AblationProfile.levels` (RandAugment, mixup, dropout, from none up to Table 6's ranges) and records a *gate*:
-unregularized, the network fits its training images (accuracy >= ``min_train_acc``), and the level chosen on
-validation (L*) beats no regularization on validation beyond the seed noise. :func:`calibrate` records the gate
-of candidate regimes, the evidence for the profile's choice.
+**A regime where regularization can help.** Every table first trains the fixed size at every level of
+:attr:`AblationProfile.levels` (none up to Table 6's ranges) and records a *gate*: unregularized, the network fits its
+training images (>= ``min_train_acc``), and the level chosen on validation (L*) beats none on validation beyond the
+seed noise; :func:`calibrate` records the gate of candidate regimes. **Table 12**: Algorithm 1 up to L* (both arms
+end at the same regularization) against the fixed size at L*, and a fixed arm given the progressive run's time.
+**Table 13**: adaptive vs constant (L*) regularization for progressive and random resize (sizes per seed), and a
+control at the adaptive arm's time-averaged level. **Table 5**: size x RandAugment magnitude, Translate/Cutout
+relative and in official pixels. **Table 7**: V1-shaped vs V2-shaped at matched parameters, at L*.
 
-* **Table 12** (§6.2) -- Algorithm 1 from the weakest level up to L* (both arms end at the same regularization)
-  against the fixed size at L*, and a fixed-size arm at L* given the progressive run's training time.
-* **Table 13** (§6.3) -- adaptive vs constant (L*) regularization for progressive and random resize (sizes drawn
-  per seed), and a control constant at the adaptive arm's time-averaged level ("matched to the size" vs "less").
-* **Table 5** (§4.1) -- size x RandAugment magnitude, Translate/Cutout relative to the side and in the official
-  fixed pixels (those of a ``pixel_side`` image): does the best magnitude grow with the size?
-* **Table 7 / Figure 1** (§5.2) -- V1-shaped vs V2-shaped at matched parameters, both at L*, and V2 with Algorithm 1.
-
-Every choice is made on ``val_images`` held out of the training images; the test split is scored once per run;
-comparisons are paired by seed with 95 % intervals (:mod:`ev2lib.stats`). Time is the loop's own: on a CPU the CPU
-seconds of a one-thread process (which a process beside it cannot stretch), on a GPU wall seconds. A finished run is
-kept under ``cache/<code digest>-<profile digest>/``, named by what it trains: tables share runs and a stopped
-reference run continues. ``python -m ev2lib.ablations --table 12 13 5 7 --profile cpu-reference --save``.
+Choices on validation, the test split once per run, comparisons paired by seed with 95 % intervals. Time: on a CPU
+the CPU seconds of a one-thread process, on a GPU wall seconds. Finished runs are cached under
+``cache/<code digest>-<profile digest>/`` by what they train: tables share runs, a stopped run continues.
 """
 from __future__ import annotations
 

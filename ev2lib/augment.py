@@ -1,20 +1,14 @@
 """The training augmentation of the recipe (paper §5.1; official ``preprocessing.py``, ``datasets.py``) and the
-evaluation resize, one image at a time or a whole batch at once.
+evaluation resize, one image at a time or a whole batch at once: a crop resized to the training size S, a flip,
+RandAugment (:mod:`ev2lib.randaugment`), optionally the fine-tuning cutout (§5.3), then mixup / CutMix.
 
-The pipeline: a crop resized to the training size S, a horizontal flip, RandAugment (:mod:`ev2lib.randaugment`),
-optionally the fine-tuning cutout (§5.3), then mixup / CutMix across the batch. Two paths draw it:
+* :func:`augment` -- one uint8 (3, H, W) image on the CPU from its own seed (image folders, DataLoader workers);
+* :func:`augment_batch` -- a uint8 (B, 3, H, W) batch on the device that holds it: :func:`draw` makes every random
+  choice per sample from one generator there, then each step is one batched operation.
 
-* :func:`augment` -- one uint8 (3, H, W) image on the CPU from its own seed (image folders, in DataLoader workers);
-* :func:`augment_batch` -- a uint8 (B, 3, H, W) batch on whatever device holds it (in-memory data kept on a GPU):
-  :func:`draw` makes every random choice of the batch per sample from one generator on that device, then each step
-  is one batched operation.
-
-**Same distribution, not the same pixels.** Both paths draw the same distributions (tests/test_augment.py checks
-crop areas, aspects, flips, op frequencies and mix weights) from different streams; given the same parameters the
-RandAugment ops agree exactly (the geometric ones up to exact ties of nearest neighbour), the pad crop exactly, the
-resizes within a grey level; the random resized crop differs at its box edges and, when shrinking, by its
-antialiasing filter (see :func:`_crop_resize`). :func:`mix_batch` serves both. Every draw is a function of the seed
-passed in: the global random state is never touched, so a resumed run sees exactly the same batches.
+The two paths draw the same distributions (tests/test_augment.py) from different streams; given the same draws the
+ops agree exactly (geometric ops up to ties of nearest neighbour), the resizes within a grey level. Every draw
+comes from the seed passed in, never from the global random state.
 """
 from __future__ import annotations
 
@@ -39,13 +33,10 @@ SQUASH_FROM = 320  # official eval: at >= 320 px the whole image is resized (no 
 
 def augment(img: torch.Tensor, seed: int, image_size: int, randaug_magnitude: float = 0.0, crop: str = "rrc",
             cutout: float = 0.0, randaug_fixed_side: int = 0, **_) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, S, S), drawing only from ``seed`` (the global RNG is left untouched).
-
-    ``crop="rrc"``: the official random resized crop (area 5-100 %, aspect 3/4-4/3) to S. ``"pad"``: the CIFAR
-    recipe, reflect-pad 4 and crop back to H, then resize to S. ``"resize"``: the whole image resized to S (the
-    official fine-tuning, ``augname='ft'``). Then a flip for half the images, RandAugment at ``randaug_magnitude``
-    (0 = off) and, when ``cutout > 0``, a box of that fraction of S filled with random pixels (fine-tuning: 0.5).
-    """
+    """uint8 (3, H, W) -> uint8 (3, S, S), drawing only from ``seed``. ``crop``: "rrc" (the official random resized
+    crop, area 5-100 %, aspect 3/4-4/3), "pad" (CIFAR: reflect-pad 4, crop back, resize) or "resize" (the whole
+    image: official fine-tuning). Then a flip for half the images, RandAugment at ``randaug_magnitude`` (0 = off),
+    and when ``cutout > 0`` a box of that fraction of S filled with random pixels (fine-tuning: 0.5)."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators stay untouched
         if crop == "rrc":
@@ -83,17 +74,12 @@ def eval_resize(x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
 def draw(batch: int, height: int, width: int, seed: int, *, image_size: int, crop: str = "rrc",
          randaug_magnitude: float = 0.0, cutout: float = 0.0, randaug_fixed_side: int = 0,
          device="cpu") -> dict[str, torch.Tensor]:
-    """Every random parameter of a batch of ``batch`` (3, height, width) images, per sample, from ``seed`` alone,
-    drawn in a fixed order whatever the settings (turning RandAugment on does not move the crops):
-
-    * ``box`` int64 (B, 4): top, left, height, width of the crop. ``"rrc"``: area uniform in 5-100 %, aspect
-      log-uniform in 3/4-4/3, torchvision's rounding and rejection (the first of 10 tries that fits, else a centre
-      crop); ``"pad"``: offsets 0-8 into the image reflect-padded by 4; ``"resize"``: the whole image.
-    * ``flip`` bool (B,); ``ops`` int64 (B, 2) indices into :data:`ev2lib.randaugment.OPS`; ``signs`` (B, 2) +-1;
-      ``ra_args`` (B, 2) each op's signed argument on an S x S image; ``op_centres`` int64 (B, 2, 2) the RandAugment
-      Cutout boxes; ``cutout_centres`` int64 (B, 2) and ``cutout_fill`` uint8 (B, 3, S, S) the fine-tuning
-      cutout's, the fill drawn only when ``cutout > 0``.
-    """
+    """Every random parameter of a batch, per sample, from ``seed`` alone, in a fixed order whatever the settings:
+    ``box`` int64 (B, 4) top, left, height, width of the crop ("rrc": torchvision's draw, 10 tries then a centre
+    crop; "pad": offsets 0-8 into the image padded by 4; "resize": the whole image), ``flip`` (B,), ``ops`` (B, 2)
+    indices into :data:`ev2lib.randaugment.OPS`, ``signs`` and ``ra_args`` (B, 2) their signed arguments at S,
+    ``op_centres`` (B, 2, 2) RandAugment's Cutout boxes, ``cutout_centres`` (B, 2) and ``cutout_fill`` (B, 3, S, S)
+    the fine-tuning cutout's."""
     if crop not in CROPS:
         raise DataError(f"crop must be one of {CROPS}, got {crop!r}")
     g = torch.Generator(device=device).manual_seed(int(seed))
@@ -166,15 +152,10 @@ def augment_batch(x: torch.Tensor, seed: int, *, image_size: int, randaug_magnit
 
 
 def _crop_resize(x: torch.Tensor, box: torch.Tensor, crop: str, S: int) -> torch.Tensor:
-    """uint8 (B, 3, H, W), boxes (B, 4) -> uint8 (B, 3, S, S).
-
-    ``"rrc"``: one :func:`torchvision.ops.roi_align` call crops every box and resizes it bilinearly to S
-    (``aligned=True`` samples where ``interpolate(align_corners=False)`` does; when shrinking, ``sampling_ratio=0``
-    averages ceil(box/S) samples per output pixel, a box filter). It differs from the per-image crop-then-resize by
-    about a grey level on average: near the box edges roi_align reads just outside the box, and its antialiasing
-    is a box filter, not the triangle filter. ``"pad"``: each window of the reflect-padded batch is gathered (an
-    exact copy) and, like ``"resize"``, goes through one ``interpolate(antialias=True)`` call.
-    """
+    """uint8 (B, 3, H, W), boxes (B, 4) -> uint8 (B, 3, S, S). "rrc": one ``roi_align`` call crops and resizes
+    every box bilinearly (``aligned=True``; shrinking averages ceil(box/S) samples a pixel), about a grey level from
+    the per-image crop-then-resize (it reads just outside the box at its edges; a box filter, not a triangle one).
+    "pad": each window of the padded batch gathered exactly, then like "resize" one antialiased interpolate."""
     B, _, H, W = x.shape
     top, left, h, w = box.unbind(1)
     if crop == "rrc":  # rois (B, 5): sample index, then the box's x1, y1, x2, y2 in pixel edges
@@ -196,15 +177,11 @@ def _crop_resize(x: torch.Tensor, box: torch.Tensor, crop: str, S: int) -> torch
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float,
               seed: int = 0):
-    """(B, 3, H, W), (B,) int -> float images and (B, num_classes) soft labels on x's device; unchanged if both
-    alphas are 0.
-
-    One lambda ~ Beta(alpha, alpha) per mixer, each image mixed with its neighbour ``roll(1)``; with both alphas
-    > 0 (and B >= 4) mixup takes the first half of the batch and CutMix the second (official datasets.py). CutMix
-    pastes the neighbour's box of side sqrt(1 - lambda) of the image about a uniform centre, clipped. The label
-    weights are the mixed proportions. (The official code mixes with the reversed batch and draws lambda per
-    sample.) lambda and the box are drawn on the host from ``seed``, so mixing never waits for the device.
-    """
+    """(B, 3, H, W), (B,) int -> float images and (B, num_classes) soft labels (unchanged if both alphas are 0).
+    One lambda ~ Beta(alpha, alpha) per mixer, each image mixed with its neighbour ``roll(1)``; with both alphas > 0
+    (and B >= 4) mixup takes the first half of the batch and CutMix the second (official datasets.py; it mixes with
+    the reversed batch and draws lambda per sample). CutMix pastes the neighbour's box of side sqrt(1 - lambda),
+    clipped; the labels weigh the mixed proportions. Drawn on the host from ``seed``: no wait for the device."""
     mixers = [(kind, a) for kind, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
     if not mixers:
         return x, y

@@ -1,30 +1,18 @@
 """Training and inference speed, memory and the largest batch that fits (paper §3.2, Tables 2 and 3).
 
     python -m ev2lib.bench --model efficientnet_b6 --image-size 380 512 --batch-size 12 max --device cuda
-    python -m ev2lib.bench --model efficientnetv2_s --image-size 128 --batch-size 8 --device cpu
 
-What is measured, and how:
+* **Training throughput** (images/s): steps of forward, cross-entropy, backward and SGD on random data, ``warmup``
+  untimed, then ``repeats`` timed one by one (CUDA events on a GPU): median, quartiles, min and max.
+* **Inference**: eval-mode forward passes at the same batch (throughput) and at batch 1 (latency, ms).
+* **Peak memory**. CUDA: ``max_memory_allocated`` over a step (weights, gradients, optimizer state, activations).
+  CPU has no allocator statistics: an *estimate of the same quantity*, the bytes autograd saves (``ev2lib.summary``,
+  batch 1, scaled) plus 3 x the parameter bytes; ``memory_kind`` says which.
+* **Largest batch** (Table 2's "OOM"). CUDA: double until it does not fit (any out-of-memory failure,
+  :func:`is_out_of_memory`), then bisect. CPU: the largest batch whose estimate fits ``memory_budget`` (8 GiB).
+* **Per-stage time** (:func:`stage_times`): forward+backward ms of each Table 4 stage on its real input (§3.2).
 
-* **Training throughput** (images/s): full steps of forward, cross-entropy, backward and an SGD (momentum 0.9)
-  update on random data. ``warmup`` steps are run first and not timed; then ``repeats`` steps are timed one by one
-  and the median, quartiles, min and max of images/s are reported. On CUDA each step is timed with
-  ``torch.cuda.Event`` pairs, on CPU with ``time.perf_counter``. (``torch.utils.benchmark.Timer`` warms up again on
-  every measurement and reports block means, so it times :func:`stage_times`, not the per-step spread.)
-* **Inference throughput and latency**: eval-mode forward passes under ``torch.inference_mode`` at the same batch
-  size (throughput) and at batch 1 (latency, median milliseconds).
-* **Peak memory**. CUDA: ``torch.cuda.max_memory_allocated`` over one training step, which includes weights,
-  gradients, optimizer state and activations. CPU has no allocator statistics, so ``peak_memory_bytes`` there is
-  an *estimate of the same quantity*: the bytes autograd saves for the backward pass (``ev2lib.summary``, measured
-  at batch 1 and scaled by the batch size) plus 3 x the parameter bytes (weights, gradients, SGD momentum).
-  ``memory_kind`` says which of the two a number is.
-* **Largest batch** (Table 2's "OOM" column). CUDA: double the batch until it does not fit (any out-of-memory
-  failure, :func:`is_out_of_memory`), then bisect, up to ``limit``. CPU: the largest batch whose estimated peak
-  memory fits ``memory_budget`` bytes (default 8 GiB), by the same doubling/bisection on the estimate.
-* **Per-stage time** (:func:`stage_times`): forward+backward milliseconds of each Table 4 stage on its real input,
-  for the depthwise-vs-fused analysis of §3.2.
-
-``dtype`` is ``fp32``, ``bf16`` or ``fp16`` (``torch.autocast``; fp16 adds a ``GradScaler`` on CUDA), and
-``channels_last`` switches model and input to the NHWC memory format.
+``dtype`` is fp32, bf16 or fp16 (autocast; fp16 adds a GradScaler on CUDA); ``channels_last`` switches to NHWC.
 """
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
-"""Stage tables for EfficientNetV2 (paper Table 4, official `effnetv2_configs.py`) and EfficientNet V1.
-
-One representation serves the whole family: a :class:`ModelConfig` is a stem, a tuple of :class:`Stage` rows
-written in the columns of the paper's Table 4 (operator, kernel, stride, expansion, channels, #layers, SE ratio)
-and a head. The builder in :mod:`ev2lib.model` turns any such table into a network, so the published variants,
-the Table 3 ablation (MBConv -> Fused-MBConv on EfficientNet-B4) and NAS samples all go through the same code.
-
-Stage numbering follows Table 4: stage 0 is the stem convolution, stages 1..K are block stages, K+1 the head.
+"""Stage tables for EfficientNetV2 (paper Table 4, official ``effnetv2_configs.py``) and EfficientNet V1: a
+:class:`ModelConfig` is a stem, :class:`Stage` rows in Table 4's columns (operator, kernel, stride, expansion,
+channels, #layers, SE ratio) and a head; :mod:`ev2lib.model` builds any of them, so the variants, Table 3's swaps and
+NAS samples share one code path. Stage 0 is the stem, 1..K the block stages, K+1 the head.
 """
 from __future__ import annotations
 

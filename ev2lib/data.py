@@ -1,24 +1,14 @@
 """Datasets and the batches the training loop draws from them (paper §5.1; official ``datasets.py``).
 
-Two back ends share one interface, :class:`TrainData`:
+:class:`TrainData` serves two back ends: **in memory** (a split as one uint8 tensor (N, 3, H, W): CIFAR-10/100, the
+shared offline CIFAR-10 JPEG archive, generated data) and **files** (torchvision datasets of PIL images, augmented
+in persistent ``DataLoader`` workers). Every augmentation draw comes from seeds of a generator seeded by (seed,
+epoch, step), so a resumed run sees the same batches, and under DDP every rank computes the same global batch and
+keeps its slice (file datasets mix within each rank's slice). Images leave in pixel units (uint8, or float 0-255
+after mixing); the model's ``normalize`` turns them into inputs.
 
-* **in memory** -- a whole split as one uint8 tensor (N, 3, H, W): CIFAR-10/100, the shared offline CIFAR-10
-  JPEG archive (decoded once, cached) and generated data;
-* **files** -- any torchvision dataset of PIL images (Flowers-102, Stanford Cars, Imagenette, ImageFolder),
-  augmented in persistent ``DataLoader`` workers.
-
-**Randomness.** Every random draw of the augmentation (:mod:`ev2lib.augment`) comes from seeds drawn from a
-generator seeded by (seed, epoch, step): one per image on the CPU path, one per batch on the device path, and one
-for mixup/CutMix. So a resumed run sees exactly the same batches, and with DDP every rank computes the same global
-batch and keeps its slice: ``torchrun --nproc_per_node=N`` trains on the pixels and labels of a one-process run. One
-exception: file datasets under DDP mix each rank's slice within itself.
-
-Images leave the pipeline in pixel units (uint8, or float 0-255 after mixing); the model's own ``normalize``
-(which knows what its weights were trained with) turns them into network inputs.
-
-Data locations: ``$EV2_DATA_DIR`` holds the shared ``cifar10_jpeg.npz`` (then ``cifar10`` means that archive,
-and the run's ``source`` says so); torchvision downloads go to ``root`` (default ``$EV2_DATASETS`` or
-``./datasets``); decoded caches to ``$EV2_CACHE_DIR`` (default ``~/.cache/ev2lib``).
+``$EV2_DATA_DIR`` holds the shared ``cifar10_jpeg.npz`` (then ``cifar10`` means that archive, and the run's
+``source`` says so); downloads go to ``root`` (``$EV2_DATASETS``, ``./datasets``), caches to ``$EV2_CACHE_DIR``.
 """
 from __future__ import annotations
 

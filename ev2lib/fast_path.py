@@ -1,25 +1,13 @@
 """The fast path: how fast ev2lib trains EfficientNetV2-S on one accelerator, next to torchvision's V2-S.
 
-The paper's headline is training speed (§1, Figure 1; §3.2 names what decides it on an accelerator: image size,
-the operators' use of the hardware, the batch). A reproduction should train at least as fast as the reference
-PyTorch implementation. Every row times the same function, the training loop's own :func:`ev2lib.train.train_step`
-(normalise, forward, label-smoothed cross-entropy, backward, SGD, LR schedule) on the same batch of uint8 images:
-
-* ``ev2lib``: ev2lib's ``efficientnetv2_s`` with bf16 autocast, channels_last and ``torch.compile``;
-* ``torchvision eager fp32``: torchvision's ``efficientnet_v2_s`` as a reader first runs it (on a GPU cuDNN runs
-  its fp32 convolutions in TF32 unless told otherwise: the record says which);
-* ``torchvision, same settings``: torchvision's with ev2lib's three settings.
-
-**Fair timing.** Each row is built, compiled and warmed up untimed first (``torch.compile`` spends its time in the
-first steps: reported apart, as ``first_step_seconds``); then the rows are timed *interleaved*, one step of each in
-turn, ``repeats`` times, so a change in the machine's load or clock touches every row alike (timed one row after
-the other, whichever runs first on a shared machine is measurably slower). The ratios of median throughputs are
-the result. The input pipeline is timed beside them (:func:`data_time`: 32 px uint8 images on the device, random
-resized crop to the step's size, flip, RandAugment 10, mixup + CutMix); its share of a training step should be
-small (under 10 %).
+The paper's headline is training speed (§1, Figure 1, §3.2). Every row times the same function, the loop's own
+:func:`ev2lib.train.train_step`, on the same batch: ``ev2lib`` (bf16 autocast, channels_last, ``torch.compile``),
+``torchvision eager fp32`` (as a reader first runs it; on a GPU its convolutions run in TF32 unless told otherwise,
+and the record says which) and ``torchvision, same settings``. Each row is built, compiled and warmed up untimed
+first (compile time reported apart); then the rows are timed *interleaved*, one step of each in turn, so a drift of
+the machine touches all alike. The input pipeline's share of a step is timed beside them (:func:`data_time`).
 
     python -m ev2lib.fast_path --device cuda --save fast_path_gpu --profile colab
-    python -m ev2lib.fast_path --device cpu --batch-size 8 --image-size 128 --no-compile
 """
 from __future__ import annotations
 

@@ -1,19 +1,11 @@
 """Training-aware neural architecture search (paper §3.3): the search space and the reward. What runs a search
-(proxy training, strategies, the log, Ray, the command line) is :mod:`ev2lib.proxy` and :mod:`ev2lib.search`.
+is :mod:`ev2lib.proxy` (training-aware evaluation) and :mod:`ev2lib.search` (strategies, log, Ray, command line).
 
-* **Search space** (§3.3): a stage-based factorised space as in MnasNet. For every stage of a backbone: the
-  operator (MBConv or Fused-MBConv), the number of layers, the kernel (3x3 or 5x5) and the expansion ratio
-  (1, 4 or 6). Channel sizes and strides are reused from the backbone ("as they are already searched").
-  MBConv stages get squeeze-excitation 0.25 and Fused-MBConv stages none, as in every published V2 table
-  (the paper does not say whether SE was searched; we do not search it).
-* **Reward** (§3.3): ``A * S**w * P**v`` with w = -0.07, v = -0.05; A accuracy, S training step time, P parameters.
-  The paper does not say how S and P are normalised; here both are divided by the same quantities of a
-  **reference model measured on the same machine** (by default the backbone itself), so S = P = 1 for the
-  backbone and the reward of the backbone is its accuracy.
-
-The paper's backbone is EfficientNet at B4 size with ~10 epochs of ImageNet per candidate (1000 candidates): far
-beyond a CPU. The CPU presets search on ``efficientnetv2_cifar`` (a 4-stage, CIFAR-sized V2; optionally thinner via
-:func:`ev2lib.scaling.scale`).
+* **Search space**: per stage of a backbone (as in MnasNet) the operator (MBConv or Fused-MBConv), the number of
+  layers, the kernel (3x3 or 5x5) and the expansion (1, 4 or 6); channels and strides reused ("already searched").
+  MBConv stages get squeeze-excitation 0.25, Fused-MBConv stages none, as every published V2 table.
+* **Reward**: ``A * S**w * P**v``, w = -0.07, v = -0.05; A accuracy, S training step time, P parameters, S and P
+  divided by a reference model's measured on the same machine (the paper does not say how it normalises).
 """
 from __future__ import annotations
 

@@ -1,24 +1,15 @@
 """Progressive learning with adaptive regularization (paper §4, Algorithm 1, Table 6) and its baselines.
 
-Training is split into M stages; this library calls them **phases** (``Phase``), keeping "stage" for the rows of
-Table 4. Phase i trains on image size S_i with regularization Φ_i (dropout rate,
-RandAugment magnitude, mixup alpha; the official code also ramps CutMix), both linearly interpolated between a
-small, weakly regularized start (S_0, Φ_0) and the target (S_e, Φ_e)::
+Training is split into M stages, here **phases** (``Phase``; "stage" stays with Table 4's rows). Phase i trains at
+image size S_i with regularization Φ_i (dropout, RandAugment magnitude, mixup alpha; the official code also ramps
+CutMix), both interpolated between a small, weak start (S_0, Φ_0) and the target (S_e, Φ_e)::
 
     S_i = S_0 + (S_e - S_0) * i / (M - 1)        φ_i = φ_0 + (φ_e - φ_0) * i / (M - 1)        (Algorithm 1)
 
-The network keeps its weights, optimizer and EMA state from phase to phase; only the data pipeline, the mixing and
-the dropout rate change (:func:`apply_phase`), and the learning-rate schedule stays global.
-
-The official code (``main.py``) differs from the paper (reference §5.2): its sizes use (i + 1) / M, so the first
-phase is not S_0 (V2-S: 171/214/257/300 px), dropout is fixed at the variant's value, and CutMix ramps with mixup.
-Both are here: ``paper_schedule`` and ``official_schedule``.
-
-Image sizes: the paper's schedule rounds the intermediate sizes to a multiple of ``size_multiple`` (8 by default)
-and keeps both endpoints exact. ev2lib's networks accept any size, but multiples of 8 keep the stride-2 layers on
-even sizes for three downsamplings (so TF "same" and symmetric padding agree there), suit GPU kernels, and give
-``torch.compile`` a handful of shapes to specialise for. The official schedule keeps the code's ``int()``
-truncation (``size_multiple=1``) so it reproduces the code's sizes exactly.
+Weights, optimizer and EMA carry over; only the data pipeline, the mixing and the dropout change
+(:func:`apply_phase`); the learning-rate schedule stays global. The official ``main.py`` differs: sizes at
+(i + 1) / M (V2-S: 171/214/257/300 px), dropout fixed, CutMix ramped with mixup (``official_schedule``). The paper's
+intermediate sizes round to ``size_multiple`` (8: even sizes through three downsamplings, few compiled shapes).
 """
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
-"""Training-aware evaluation of a candidate (paper §3.3): train it briefly on a proxy task and measure its training
-step time and parameters, the three terms of :class:`ev2lib.nas.Reward`; and whether that proxy measures anything.
+"""Training-aware evaluation of a candidate (paper §3.3): a short proxy training, the measured training step time
+and the parameters (the three terms of :class:`ev2lib.nas.Reward`), and whether the proxy measures anything.
 
-* :class:`ProxyTask` and :data:`PROXIES` -- a few epochs at a reduced image size, scored at that size on validation
-  images held out of the training split (never the test split); :func:`measure` times one full training step
-  (``ev2lib.bench``) on the machine at hand; :func:`evaluate_candidate` does all three.
-* :func:`reward_relative_to` -- the reward normalised by a reference model measured the same way, now.
-* **Is the proxy any good?** :func:`proxy_noise` (one architecture, several seeds: the score's noise) and
-  :func:`proxy_validity` (architectures from across a search's reward range trained again for longer,
-  :data:`LONG_PROXIES`; compare the rankings with :func:`ev2lib.stats.kendall_tau`).
+* :class:`ProxyTask` / :data:`PROXIES`: a few epochs at a reduced size, scored at that size on validation images
+  (never the test split); :func:`measure`, :func:`evaluate_candidate`, :func:`reward_relative_to`.
+* :func:`proxy_noise` (one architecture under several seeds) and :func:`proxy_validity` (architectures retrained
+  longer, :data:`LONG_PROXIES`; compare the rankings with :func:`ev2lib.stats.kendall_tau`).
 """
 from __future__ import annotations
 

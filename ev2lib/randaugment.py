@@ -1,24 +1,17 @@
-"""RandAugment as the official code defines it (paper §4 and §5.1; official ``autoaugment.py``), on one image and
-on a whole batch.
+"""RandAugment as the official code defines it (paper §4, §5.1; official ``autoaugment.py``), on one image and on
+a batch. Each of 2 layers picks one of the 16 :data:`OPS` uniformly and applies it with :func:`op_args`'s argument
+at the magnitude (official 0-10 scale; the paper's 15-25 extrapolate). One op table serves :func:`rand_augment` (one
+uint8 (3, H, W) image, draws from torch's default CPU generator) and :func:`apply_ops` (a batch whose draws were
+made beforehand, each op once on the samples that drew it, on any device).
 
-Each of ``NUM_LAYERS = 2`` layers picks one of the 16 :data:`OPS` uniformly and applies it with the argument
-:func:`op_args` gives at the magnitude (the official 0-10 scale; the paper's 15-25 extrapolate). One op table
-serves both paths:
+**Translate and Cutout.** The official constants are pixels (100 px and a Cutout half-side of 40 px at level 10)
+at any training size: the same magnitude moves a small image further, relative to its side. ``fixed_side=0`` (the
+default) scales both with the side, as if every image were 224 px; ``fixed_side=S`` uses the pixels of an S-px image
+(``S=224``: the official 100 and 40 px; the CIFAR ablations use their largest size).
 
-* :func:`rand_augment` -- one uint8 (3, H, W) image, its draws from torch's default CPU generator (the per-image
-  pipeline seeds it per image, :func:`ev2lib.augment.augment`);
-* :func:`apply_ops` -- a uint8 (B, 3, S, S) batch whose per-sample draws were made beforehand
-  (:func:`ev2lib.augment.draw`): each op runs once on the samples that drew it, on whatever device the batch is.
-
-**Translate and Cutout.** The official constants are pixels (translate 100 px and a Cutout half-side of 40 px at
-level 10) whatever size it trains at: the same magnitude moves a small image further, relative to its side, than
-a large one. ``fixed_side=0`` (the default) scales both with the side instead, as if every image were 224 px
-(100/224 and 40/224 of the side); ``fixed_side=S`` uses fixed pixel amounts, those of an S-px image under the
-relative rule (``S=224`` is the official 100 and 40 px; the CIFAR ablations use their largest size).
-
-Differences from the official code: Contrast blends with the mean grey level (PIL's, which the official docstring
-names; the TF code uses sum(histogram)/256, a constant that depends on the image size, a known bug not copied);
-Posterize's bits are clamped to 0-8; rounding may differ by one grey level.
+Differences from the official code: Contrast blends with the mean grey level (PIL's; the TF code's
+sum(histogram)/256 depends on the image size, a known bug); Posterize's bits clamp to 0-8; rounding may differ by
+one grey level.
 """
 from __future__ import annotations
 
@@ -42,14 +35,10 @@ _NEAREST = v2.InterpolationMode.NEAREST  # the official image_ops.rotate/transla
 
 
 def op_args(op: str, magnitude: float, side: int, fixed_side: int = 0) -> tuple:
-    """The unsigned argument of ``op`` at ``magnitude`` (official ``level_to_arg``: level/10 of each range).
-
-    ``side``: the image side the op acts along (width for TranslateX, height for TranslateY, the shorter side for
-    Cutout); ``fixed_side``: see the module docstring. Level 10: rotate 30 deg, shear 0.3, enhance factor 1.9
-    (0.1 at level 0, 1.0 at level 5: below 5 Color/Contrast/Brightness/Sharpness *degrade*), posterize 4 bits,
-    solarize threshold 256, SolarizeAdd +110 below grey 128. Official quirks kept: Posterize keeps *more* bits and
-    Solarize inverts *fewer* pixels as the level rises.
-    """
+    """The unsigned argument of ``op`` at ``magnitude`` (official ``level_to_arg``: level/10 of each range) on an
+    image ``side`` px along the op's axis (``fixed_side``: the module docstring). Level 10: rotate 30 deg, shear 0.3,
+    enhance 1.9 (1.0 at level 5: below it Color/Contrast/Brightness/Sharpness *degrade*), posterize 4 bits, solarize
+    threshold 256, SolarizeAdd +110. Official quirks kept: Posterize and Solarize get *weaker* as the level rises."""
     if op not in OPS:
         raise DataError(f"unknown RandAugment op {op!r}; known: {OPS}")
     r, px = float(magnitude) / MAX_LEVEL, (fixed_side or side) / OFFICIAL_SIDE  # px: pixels per official pixel
@@ -90,9 +79,8 @@ def _solarize_add(img: torch.Tensor, addition: int, threshold: int = 128) -> tor
 
 
 def cutout(img: torch.Tensor, half: int, fill: int | str = FILL) -> torch.Tensor:
-    """Official cutout: a (2 half)^2 box centred on a uniformly drawn pixel (torch's default generator), clipped at
-    the borders, filled with grey 128 (RandAugment's op) or, ``fill="random"``, uniform random pixels (the
-    fine-tuning augmentation, §5.3)."""
+    """Official cutout: a (2 half)^2 box about a uniform pixel (torch's default generator), clipped at the borders,
+    filled with grey 128 (RandAugment's op) or random pixels (``fill="random"``: the fine-tuning cutout, §5.3)."""
     h, w = img.shape[-2:]
     cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
     out = img.clone()
@@ -119,12 +107,9 @@ APPLY = {  # the per-image ops; the pixel ops also serve the batched path (torch
 
 
 def rand_augment(img: torch.Tensor, magnitude: float, num_layers: int = NUM_LAYERS, fixed_side: int = 0) -> torch.Tensor:
-    """Official RandAugment (``distort_image_with_randaugment``) on one uint8 (3, H, W) image -> same shape.
-
-    ``num_layers`` times pick one of the 16 :data:`OPS` uniformly and apply it always (the official per-op ``prob``
-    is drawn but unused), negating the :data:`SIGNED` ops half the time. Every draw comes from torch's default CPU
-    generator: seed it (as :func:`ev2lib.augment.augment` does) for a reproducible result.
-    """
+    """Official RandAugment (``distort_image_with_randaugment``) on one uint8 (3, H, W) image: ``num_layers`` times
+    one of the 16 :data:`OPS`, always applied (the official per-op ``prob`` is unused), :data:`SIGNED` ops negated
+    half the time; every draw from torch's default CPU generator (seed it, as :func:`ev2lib.augment.augment` does)."""
     if img.dtype != torch.uint8 or img.ndim != 3:
         raise DataError(f"rand_augment takes one uint8 (3, H, W) image, got {img.dtype} {tuple(img.shape)}")
     h, w = img.shape[-2:]
@@ -151,11 +136,9 @@ def argument_table(magnitude: float, side: int, fixed_side: int = 0, device="cpu
 
 def apply_ops(x: torch.Tensor, ops: torch.Tensor, args: torch.Tensor, centres: torch.Tensor, magnitude: float,
               fixed_side: int = 0) -> torch.Tensor:
-    """RandAugment on uint8 (B, 3, S, S) with per-sample draws: ``ops`` int64 (B, 2) indices into :data:`OPS`,
-    ``args`` (B, 2) their signed arguments, ``centres`` int64 (B, 2, 2) the (row, column) of a Cutout box.
-
-    Each layer sorts the batch by the op each sample drew and applies every op once to its group (index, apply,
-    scatter back): 16 kernel groups per layer whatever the batch size, and one host sync a batch (the op counts)."""
+    """RandAugment on uint8 (B, 3, S, S) with per-sample draws: ``ops`` (B, 2) indices into :data:`OPS`, ``args``
+    (B, 2) their signed arguments, ``centres`` (B, 2, 2) Cutout boxes. Each layer applies every op once to the group
+    of samples that drew it: 16 kernel groups a layer whatever the batch, one host sync a batch (the op counts)."""
     counts = torch.stack([torch.bincount(ops[:, i], minlength=len(OPS)) for i in range(ops.shape[1])]).tolist()
     for layer in range(ops.shape[1]):
         groups = ops[:, layer].argsort(stable=True).split(counts[layer])  # sample indices, op by op
@@ -179,12 +162,9 @@ def _apply_op(op: str, x: torch.Tensor, arg: torch.Tensor, centre: torch.Tensor,
 
 
 def _inverse_affine(op: str, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """(n,) signed arguments -> (n, 2, 3) ``affine_grid`` thetas: each output pixel's source, as the per-image ops.
-
-    In pixels, x right, y down, origin at the image centre, the source of output (x, y) is Rotate: (x cos a -
-    y sin a, x sin a + y cos a) (a in degrees); ShearX: (x + a (y + H/2), y) and ShearY: (x, y + a (x + W/2)) (about
-    the top-left corner, as :func:`_affine`); TranslateX: (x - a, y), TranslateY: (x, y - a); then normalised to
-    -1..1 for ``affine_grid``."""
+    """(n,) signed arguments -> (n, 2, 3) ``affine_grid`` thetas: the source of each output pixel (x, y), in pixels
+    about the centre: Rotate (x cos a - y sin a, x sin a + y cos a); ShearX (x + a (y + H/2), y), ShearY
+    (x, y + a (x + W/2)) (about the top-left corner, as :func:`_affine`); Translate (x - a, y) or (x, y - a)."""
     one, zero = torch.ones_like(a), torch.zeros_like(a)  # (n,)
     if op == "Rotate":
         c, s = torch.cos(torch.deg2rad(a)), torch.sin(torch.deg2rad(a))
@@ -202,10 +182,8 @@ def _inverse_affine(op: str, a: torch.Tensor, H: int, W: int) -> torch.Tensor:
 
 
 def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """uint8 (n, 3, H, W) warped by per-sample ``theta`` (n, 2, 3): nearest neighbour, outside filled with 128.
-
-    Pixels travel as value + 1, so grid_sample's zero padding marks exactly the outside. Identical to the per-image
-    ops except where a source point lies exactly half-way between two pixels: float rounding then picks either."""
+    """uint8 (n, 3, H, W) warped by ``theta`` (n, 2, 3), nearest neighbour, outside 128 (pixels travel as value + 1,
+    so zero padding marks the outside). The per-image ops' result, but at exact half-pixel ties, either neighbour."""
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (n, H, W, 2)
     moved = F.grid_sample(x.float() + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return torch.where(moved == 0, float(FILL), moved - 1).to(torch.uint8)

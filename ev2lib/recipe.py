@@ -1,16 +1,9 @@
 """The training recipe (paper §5.1; official ``hparams.py``, ``effnetv2_configs.py``): every knob of a run in one
-:class:`TrainConfig`, the profiles that set them, the optimizer, the learning-rate schedule and the precision, and
-the fine-tuning recipes of §5.3. What the loop does with them is :mod:`ev2lib.train`.
-
-The recipe's pieces: SGD or TF-style RMSProp (:class:`RMSpropTF`, the paper's), weight decay on conv/linear weights
-only, linear warm-up then exponential (x0.97 every 2.4 epochs) or cosine decay, label smoothing, an EMA of the
-weights, bf16/fp16 autocast chosen for the hardware (:func:`resolve_amp`), RandAugment, mixup, CutMix, dropout and
-stochastic depth (:mod:`ev2lib.augment`, :mod:`ev2lib.model`).
-
-The fine-tuning recipes differ where the paper and the code differ: the paper decays the learning rate with a cosine
-and disables weight decay; the code keeps it constant, keeps weight decay 1e-5, warms up for an epoch and averages the
-weights (EMA 0.9996). Both: RMSProp (§5.1), batch 512, learning rate 0.001, a fixed 10,000 steps, the whole image
-resized to the training size, flips and cutout (a random-valued box of half the side).
+:class:`TrainConfig`, the profiles that set them, the optimizer (SGD or the paper's TF-style :class:`RMSpropTF`,
+weight decay on conv/linear weights only), the learning-rate schedule (warm-up, then exponential or cosine), the
+precision (:func:`resolve_amp`) and the fine-tuning recipes of §5.3 as the paper writes them and as the official
+code runs them (the code keeps the LR constant, weight decay 1e-5, a 1-epoch warm-up and an EMA). The loop that
+runs it is :mod:`ev2lib.train`.
 """
 from __future__ import annotations
 

@@ -1,27 +1,14 @@
 """Reference results with provenance: the only numbers the rendered book shows that this run did not compute.
+A result is ``data/results/<name>.json``: schema_version, name, profile (cpu-reference, colab or full), command,
+config, data and provenance (git_commit, git_dirty, code, date, hardware, device_type, versions).
 
-A result is one JSON file in ``data/results/<name>.json``::
-
-    {"schema_version": 2, "name": ..., "profile": "colab" | "full" | "cpu-reference", "command": ...,
-     "config": {...}, "data": {...},
-     "provenance": {git_commit, git_dirty, code, date, hardware, device_type, versions}}
-
-**Is a result current?** One rule, for result files and for the caches of finished runs alike: a result is current
-while the code it ran is unchanged. *The code* of a command ``python -m ev2lib.X`` is module ``X`` and every ev2lib
-module it imports, followed through the import statements (also those inside functions), except the plumbing that
-stores and labels results without computing them (:data:`PLUMBING`); each module is compared without its comments
-and docstrings. :func:`code_digests` is recorded in the provenance, :func:`stale_modules` compares it with the code
-now, :func:`code_digest` names run caches. Display code (``book``, ``report``) is never imported by a run, so
-changing it leaves every result current.
-
-``save`` refuses a ``smoke`` profile (smoke runs prove the code works; they are never results) except in a folder
-marked as a rehearsal's (a file named :data:`REHEARSAL` in it: the GPU kit's rehearsal writes its smoke records
-there). ``git_commit`` is the commit of the checkout ev2lib is imported from (``$EV2_GIT_COMMIT`` when it is not a
-checkout), and ``git_dirty`` says whether that checkout's ``ev2lib/`` differed from it: results written into
-``data/results`` do not count.
-
-Where: the ``directory`` argument, else ``$EV2_RESULTS_DIR``, else ``data/results`` in the current folder or the
-nearest parent folder that has one (so a chapter run from ``book/`` finds the repository's ``data/results``).
+**Is a result current?** One rule, for result files and run caches alike: while the code it ran is unchanged. The
+code of ``python -m ev2lib.X`` is module ``X`` and every ev2lib module it imports (inside functions too), without
+the plumbing (:data:`PLUMBING`), each compared without comments and docstrings: :func:`code_digests` goes into the
+provenance, :func:`stale_modules` compares, :func:`code_digest` names run caches. ``save`` refuses a smoke profile
+except in a rehearsal's folder (:data:`REHEARSAL`). ``git_commit`` is the checkout ev2lib is imported from
+(``$EV2_GIT_COMMIT`` elsewhere); ``git_dirty`` says whether its ``ev2lib/`` differed from it. The folder: the
+``directory`` argument, ``$EV2_RESULTS_DIR``, or the nearest ``data/results`` at or above the current folder.
 """
 from __future__ import annotations
 

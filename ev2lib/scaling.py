@@ -1,18 +1,13 @@
 """Compound scaling (EfficientNet §3.3) and the EfficientNetV2 scaling rules (paper §3.3, last paragraph).
 
-EfficientNet scales a baseline with one coefficient phi: depth ``alpha**phi``, width ``beta**phi`` and resolution
-``gamma**phi`` with alpha=1.2, beta=1.1, gamma=1.15 found by a grid search on B0 (alpha * beta**2 * gamma**2 ~= 2,
-so FLOPs grow ~2**phi). Channels are rounded to multiples of 8 and layer counts rounded up. The published B1-B7 and
-V2-B0..B3 use hand-picked coefficients near the formula (:data:`V1_COEFFICIENTS`, :data:`V2_B_COEFFICIENTS`);
-:mod:`ev2lib.configs` builds them with :func:`scale`, the one implementation of the rule.
-
-EfficientNetV2 scales S up to M/L "using similar compound scaling ... with a few additional optimizations":
-(1) the inference image size is capped at 480, (2) more layers are added to later stages (stage 5 and 6). The paper
-gives no coefficients; the official code comments say M ~ base * (width 1.6, depth 2.2), L ~ base * (2.0, 3.1).
-:func:`compare_stages` shows, stage by stage, where the plain rule and the published tables differ.
-
-Every function takes a :class:`~ev2lib.configs.ModelConfig` (resolve names with :func:`ev2lib.get_config`): this
-module imports nothing from :mod:`ev2lib.configs`, which imports it.
+EfficientNet scales a baseline with one coefficient phi: depth ``alpha**phi``, width ``beta**phi``, resolution
+``gamma**phi`` (alpha=1.2, beta=1.1, gamma=1.15 from a grid search on B0; FLOPs grow ~2**phi), channels rounded to
+multiples of 8, layer counts rounded up. B1-B7 and V2-B0..B3 use hand-picked coefficients near the formula
+(:data:`V1_COEFFICIENTS`, :data:`V2_B_COEFFICIENTS`); :func:`scale` is the one implementation of the rule.
+EfficientNetV2 scales S to M/L "using similar compound scaling ... with a few additional optimizations": the
+inference size capped at 480, more layers in later stages; the official code's comments give M ~ (width 1.6, depth
+2.2), L ~ (2.0, 3.1). :func:`compare_stages` shows where the plain rule and the published tables differ.
+Functions take a :class:`~ev2lib.configs.ModelConfig` (this module cannot import :mod:`ev2lib.configs`: it imports it).
 """
 from __future__ import annotations
 

@@ -1,24 +1,16 @@
-"""Running a training-aware search (paper §3.3): strategies that propose architectures, a resumable log, the loop
-(one trial after another, or several at a time on Ray) and the command line.
+"""Running a training-aware search (paper §3.3): strategies, a resumable log, the loop and the command line.
 
-    python -m ev2lib.search --profile smoke --trials 8 --log runs/nas_smoke.jsonl
-    python -m ev2lib.search --profile cpu-reference --trials 50 --log runs/nas_cpu.jsonl --save nas_search_cifar10
-    python -m ev2lib.search --profile cpu-reference --noise --seeds 5 --cache runs/nas_noise.jsonl \
-        --save nas_proxy_noise_cifar10
-    python -m ev2lib.search --profile cpu-reference --validity --log runs/nas_cpu.jsonl \
-        --cache runs/nas_validity.jsonl --save nas_proxy_validity_cifar10
+    python -m ev2lib.search --profile cpu-reference --trials 50 --log runs/nas.jsonl --save nas_search_cifar10
+    python -m ev2lib.search --profile cpu-reference --noise --seeds 5 --cache runs/noise.jsonl --save ...
+    python -m ev2lib.search --profile cpu-reference --validity --log runs/nas.jsonl --cache runs/v.jsonl --save ...
 
-* **Strategies**: random search (the paper: "simply random search" suffices for this smaller space) and
-  regularized evolution (Real et al., 2019), both ``propose(history) -> ModelConfig``, deterministic given the
-  seed and the history.
-* **Log**: one JSONL header line (space, strategy, seed, proxy task, reward normalisation), then one line per
-  finished trial ``{"trial", "choices", "config", "accuracy", "step_time", "params", "seconds", "reward"}``, fsynced
-  when its trial finishes. Restarting with the same arguments skips the finished trials and, since a proposal
-  depends only on (seed, history), proposes exactly what an uninterrupted search would. A crash while writing
-  leaves at most a torn *last* line: it is dropped with a warning (that trial runs again); a damaged line anywhere
-  else is an error, and nothing is rewritten.
-* **Loop**: trials run one after another, or ``workers`` at a time as Ray tasks (``pip install ev2lib[search]``)
-  in rounds whose proposals see the same history, so the result depends on ``workers`` but not on timing.
+* **Strategies**: random search ("simply random search" suffices for this space, §3.3) and regularized evolution
+  (Real et al., 2019), ``propose(history) -> ModelConfig``, deterministic given the seed and the history.
+* **Log**: a JSONL header (space, strategy, seed, proxy, reward normalisation), then one fsynced line a finished
+  trial. A rerun skips finished trials and proposes what an uninterrupted search would; a torn last line is dropped
+  with a warning, a damaged line elsewhere is an error.
+* **Loop**: one trial after another, or ``workers`` at a time on Ray (``ev2lib[search]``) in rounds whose proposals
+  see the same history: the result depends on ``workers``, not on timing.
 """
 from __future__ import annotations
 

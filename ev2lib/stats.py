@@ -1,17 +1,8 @@
-"""The statistics every comparison in the book uses: paired differences over seeds with Student-t intervals, rank
-agreement (Kendall's tau and how often chance reaches it) and a permutation test for a subset's mean.
-
-Pure Python (``math`` only), so a result file can be re-analysed anywhere; the tests check every function against
-SciPy.
-
-* :func:`interval` -- mean and 95 % Student-t interval of per-seed values; :func:`paired` pairs two cells' runs
-  by seed; :func:`direction` says whether an interval excludes 0; :func:`time_to_accuracy` pairs the time two
-  runs take to reach the same validation accuracy.
-* :func:`kendall_tau` -- tau-b of two rankings; :func:`kendall_tau_p` -- the exact chance of a tau at least that
-  large between unrelated rankings of ``n`` items; :func:`kendall_tau_critical` -- the tau chance exceeds 5 % of
-  the time.
-* :func:`subset_test` -- is a subset's mean unusual among random subsets of the same size? (exact enumeration when
-  there are few, else Monte Carlo).
+"""The statistics every comparison in the book uses, pure Python (checked against SciPy by the tests):
+:func:`interval` (mean and 95 % Student-t interval over seeds), :func:`paired` (two cells' runs paired by seed),
+:func:`direction` (does an interval exclude 0), :func:`time_to_accuracy`, :func:`kendall_tau` with its exact chance
+between unrelated rankings (:func:`kendall_tau_p`, :func:`kendall_tau_critical`), and :func:`subset_test` (is a
+subset's mean unusual among random subsets of its size).
 """
 from __future__ import annotations
 

@@ -2,15 +2,11 @@
 
     python -m ev2lib.summary efficientnetv2_s --image-size 384
 
-Counting conventions (they differ between papers and libraries, so every number says which it is):
-
-* **MACs** are multiply-accumulates of convolutions and the FC layer. The paper, the official README ("FLOPs")
-  and torchvision's ``_ops`` all report MACs: V2-S at 384 is 8.37 G.
-* **FLOPs** are ``torch.utils.flop_counter.FlopCounterMode``'s count, 2 per MAC (16.73 G for V2-S at 384).
-  BatchNorm, SiLU, the SE gate multiply and pooling are not counted by either.
-* **Activation memory** is the bytes of every tensor autograd saves for the backward pass during one training
-  forward pass (batch 1, fp32 unless ``dtype`` says otherwise), attributed to the stage that saved it. It is what
-  grows with image size and batch and makes large training images memory hungry (paper §3.2).
+* **MACs**: multiply-accumulates of convolutions and the FC layer, what the paper, the official README ("FLOPs")
+  and torchvision report (V2-S at 384: 8.37 G). **FLOPs**: ``FlopCounterMode``'s count, 2 per MAC. Neither counts
+  BatchNorm, SiLU, the SE gate multiply or pooling.
+* **Activation memory**: the bytes every tensor autograd saves in one training forward pass (batch 1, fp32 unless
+  ``dtype`` says otherwise), by stage: what grows with image size and batch (paper §3.2).
 """
 from __future__ import annotations
 

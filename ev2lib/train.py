@@ -1,14 +1,9 @@
-"""The training loop (paper §5.1; official ``main.py``): setup, :func:`train_step`, :func:`evaluate`, checkpoints,
-and :func:`train`, which strings them together. No framework; the recipe it runs is :mod:`ev2lib.recipe`.
-
-``python -m ev2lib.train --profile smoke`` runs it; ``torchrun --nproc_per_node=N -m ev2lib.train ...`` runs the
-same command on N processes (DDP; gloo on CPU, NCCL on GPU).
-
-What the loop guarantees: atomic checkpoints (every rank's random state in them) from which a rerun of the same
-command resumes bit for bit, training time that adds up across resumes, a stop with one clear line on a NaN/inf
-loss, host-device syncs only when it logs, and a final ``model.pt`` that says what a model built from it needs
-(:func:`ev2lib.weights.weights_file`). A *progressive schedule* (:mod:`ev2lib.progressive`) sets image size,
-regularization and dropout at the start of every epoch.
+"""The training loop (paper §5.1; official ``main.py``): setup, :func:`train_step`, :func:`evaluate`, checkpoints
+and :func:`train`, which strings them together; no framework. ``python -m ev2lib.train --profile smoke`` runs it,
+``torchrun --nproc_per_node=N -m ev2lib.train ...`` on N processes (DDP). It guarantees atomic checkpoints with
+every rank's random state (a rerun resumes bit for bit), training time summed over resumes, one clear line on a
+NaN/inf loss, host-device syncs only when it logs, and a ``model.pt`` that says what a model built from it needs.
+A progressive schedule (:mod:`ev2lib.progressive`) sets size, regularization and dropout every epoch.
 """
 from __future__ import annotations
 

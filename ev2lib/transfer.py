@@ -1,13 +1,7 @@
-"""Transfer learning (paper §5.3, Tables 8 and 9): does a pretrained network learn new classes from few images
-better than one trained from scratch with the same budget? An offline experiment any machine can run.
-
-The pieces of fine-tuning live where they belong: :func:`ev2lib.model.init_model` builds a model for the target
-classes from published or saved weights (``TrainConfig.init``, ``--init``), ``TrainConfig.freeze`` keeps early
-stages fixed, and :data:`ev2lib.recipe.RECIPES` holds §5.3's recipe as the paper writes it and as the official code
-runs it (``python -m ev2lib.train --finetune paper --init torchvision ...``).
-
-This module is the experiment: :class:`TransferExperiment` and :func:`run_experiment` pretrain on CIFAR-10's
-classes 0-4 and fine-tune on classes 5-9 against training from scratch;
+"""Transfer learning (paper §5.3, Tables 8 and 9) as an offline experiment any machine can run: pretrain on
+CIFAR-10's classes 0-4, then fine-tune on classes 5-9 against training from scratch with the same budget (and at
+the largest size a scratch arm with more steps). Fine-tuning's pieces live where they belong: weights in
+:func:`ev2lib.model.init_model` (``--init``), recipes in :data:`ev2lib.recipe.RECIPES` (``--finetune``).
 ``python -m ev2lib.transfer --profile cpu-reference``.
 """
 from __future__ import annotations

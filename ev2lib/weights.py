@@ -1,10 +1,7 @@
-"""Published weights: torchvision's and timm's state dicts in ev2lib's layout, and downloading them.
-
-ev2lib's native layout *is* torchvision's (``features.{stage}.{block}.block.{layer}.{0|1}``), so torchvision's
-``efficientnet_v2_s/m/l`` and ``efficientnet_b0..b7`` state dicts load with ``strict=True`` unchanged.
-timm's ``tf_efficientnetv2_*`` ports of the official TensorFlow checkpoints use named modules
-(``blocks.{s}.{b}.conv_pw`` ...) and need :func:`convert_state_dict` plus ``padding="same"``: TensorFlow pads a
-stride-2 convolution 0/1 pixels (top-left/bottom-right) on even inputs where PyTorch pads 1/1.
+"""Published and saved weights in ev2lib's layout. ev2lib's layout *is* torchvision's, so torchvision's
+``efficientnet_v2_s/m/l`` and ``efficientnet_b0..b7`` load as they are; timm's ``tf_efficientnetv2_*`` (the official
+TensorFlow checkpoints) need :func:`convert_state_dict` and ``padding="same"`` (TensorFlow pads a stride-2 conv 0/1
+pixels on even inputs, PyTorch 1/1). A run's own files load with :func:`load_weights`.
 """
 from __future__ import annotations
 
