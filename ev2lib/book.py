@@ -1,9 +1,10 @@
-"""Small helpers the book's chapters share: the chapter frame (a "run it" box, a "what we found" list), one figure
-style sized for the book's text column, readable tables, captions that say where a number came from, stage tables
-as DataFrames, training curves of runs side by side and an ipywidgets explorer that also renders statically.
+"""What the chapters show and how: the chapter frame (a "run it" note, a "what we found" list), one figure style
+legible on a phone, tables a reader can scan, captions that say where a number came from, the live run of the
+chosen profile in a block of its own (:func:`this_run`: folded and grey at the smoke profile), stage tables, training
+curves and an ipywidgets explorer that also renders statically. Display only: what the numbers say is
+:mod:`ev2lib.report`; no run imports this module.
 
-This module is for the chapters only (it imports pandas, matplotlib, seaborn and ipywidgets lazily, from the
-``chapters`` extra); the rest of ev2lib never imports it.
+For the chapters only (pandas, matplotlib, seaborn and ipywidgets come from the ``chapters`` extra, imported lazily).
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from .configs import ModelConfig, get_config
 from .errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------
-# Figures sized for the page. The rendered book's text column is 688 px wide on a 1280 px screen and its body text
-# 16 px; a figure TEXT_WIDTH inches wide at DPI dots per inch is shown at its natural size there, so FONT_PT-point
-# text (FONT_PT * DPI / 72 = 16.7 px) is no smaller than the body text. At most two panels sit side by side.
-TEXT_WIDTH = 6.5  # inches (the inline backend's tight bounding box adds ~0.3 in)
+# Figures sized for the page. The text column is 688 px wide on a 1280 px screen (body text 16 px) and about 358 px
+# on a 390 px phone. A figure TEXT_WIDTH inches wide at DPI dots per inch (550 px) is shown at its natural size on
+# the desktop, so FONT_PT-point text is 16.7 px there, and at 358/550 of it on the phone: 10.9 px, above the 9 px
+# the book's browser test asks for (MIN_PHONE_FONT_PX). At most two panels sit side by side.
+TEXT_WIDTH = 5.5  # inches (the inline backend's tight bounding box adds ~0.3 in)
 DPI = 100
 FONT_PT = 12
-PALETTE = "colorblind"
+PHONE_COLUMN_PX, MIN_PHONE_FONT_PX = 358, 9
+PALETTE = "colorblind"  # distinct hues; series also differ in marker or line style where they may overlap
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def style() -> None:
@@ -69,23 +73,65 @@ def short_hardware(desc: str) -> str:
     return re.sub(r"\s+", " ", s).replace(" )", ")").strip()
 
 
-def table(df, digits: int = 3, percent=(), index: bool = True):
-    """A DataFrame formatted for reading (a pandas Styler): floats to ``digits`` significant decimals, thousands
-    separators, the columns named in ``percent`` (fractions) as percentages, empty cells blank."""
+def table(df, digits: int = 1, percent=(), index: bool = False, caption: str = ""):
+    """A DataFrame for reading (a pandas Styler): every float column at ``digits`` decimals (one precision a column),
+    thousands separators, the columns in ``percent`` (fractions) as percentages, empty cells blank, numbers
+    right-aligned, and a ``caption`` (say what and in which units). Headers are what the reader sees: write them in
+    words with their units ("test accuracy (%)"), never as code names."""
     import pandas as pd
 
     fmt = {}
     for col in df.columns:
         if col in percent:
-            fmt[col] = lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%"
+            fmt[col] = lambda v: "" if pd.isna(v) else f"{100 * v:.{digits}f}%"
         elif pd.api.types.is_float_dtype(df[col]):
-            fmt[col] = lambda v, d=digits: "" if pd.isna(v) else (f"{v:,.0f}" if abs(v) >= 10 ** d else f"{v:,.{d}g}")
+            fmt[col] = lambda v, d=digits: "" if pd.isna(v) else f"{v:,.{d}f}"
         elif pd.api.types.is_integer_dtype(df[col]):
             fmt[col] = "{:,}"
-    styler = df.style.format(fmt)
+    numeric = [c for c in df.columns if c in percent or pd.api.types.is_numeric_dtype(df[c])]
+    styler = df.style.format(fmt).set_properties(subset=numeric, **{"text-align": "right"})
+    styler = styler.set_caption(caption) if caption else styler
     return styler if index else styler.hide(axis="index")
 
 
+# ----------------------------------------------------------------------------------------------------------
+# This run: the live computation of the chosen profile, apart from the references
+
+
+def _html(item) -> str:
+    """An item of :func:`this_run` as HTML: a matplotlib figure (as a PNG), a DataFrame or Styler, or plain text."""
+    import base64
+    import io
+
+    if hasattr(item, "savefig"):
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        item.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+        plt.close(item)
+        return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="this run">'
+    if hasattr(item, "to_html"):
+        return item.to_html()
+    from html import escape
+
+    return f"<p>{escape(str(item))}</p>"
+
+
+def this_run(profile: str, *items, hardware: str | None = None) -> None:
+    """Display the live run of the chosen profile in a block of its own, after the section's reference: folded and
+    grey at the smoke profile ("checks that the code runs; the numbers mean nothing"), open at colab and full, where
+    it is a real result. ``items``: figures (drawn on their own axes, never beside a reference), tables, text."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    smoke = profile == "smoke"
+    where = escape(hardware or results.hardware()[0])
+    title = (f"This run (smoke profile, {where}): checks that the code runs; its numbers mean nothing" if smoke else
+             f"This run ({escape(profile)} profile, {where})")
+    body = "".join(f'<div class="this-run-item">{_html(i)}</div>' for i in items)
+    display(HTML(f'<details class="this-run{" smoke" if smoke else ""}"{"" if smoke else " open"}>'
+                 f"<summary>{title}</summary>{body}</details>"))
 # ----------------------------------------------------------------------------------------------------------
 # The chapter frame: a "run it" box after the opening paragraph, a "what we found" list at the end
 
@@ -117,10 +163,9 @@ def run_box(chapter: str, repo: str, branch: str = "main") -> None:
              "full": "not measured"}
     rows = "".join(f"<li><code>profile = \"{p}\"</code>: {escape(what)}. Time: {escape(times[p])}.</li>"
                    for p, what in PROFILES.items())
-    display(HTML(f'<div class="admonition tip run-it"><p class="admonition-title">Run it</p>'
-                 f'<p><a href="{escape(colab)}">Open this chapter in Colab</a> (or use the rocket button at the top of '
-                 f'the page), choose a GPU runtime and run all cells. The first code cell sets the profile:</p>'
-                 f'<ul>{rows}</ul></div>'))
+    display(HTML(f'<div class="run-it"><p><strong>Run it.</strong> <a href="{escape(colab)}">Open this chapter in '
+                 f'Colab</a> (or the rocket button at the top), choose a GPU runtime and run all cells. The first code '
+                 f'cell sets the profile:</p><ul>{rows}</ul></div>'))
 
 
 def findings(items, hardware: str | None = None) -> None:

@@ -167,3 +167,25 @@ def test_v1_and_v2_cifar_presets_match_in_parameters_not_in_blocks():
     assert v2.stages[0].block == "fused"  # the V2 shape: Fused-MBConv early
     assert (v1.stem_stride, v1.total_stride, v1.head_channels) == (v2.stem_stride, v2.total_stride, v2.head_channels)
     assert "not from the paper" in v1.source
+
+
+@pytest.mark.slow
+def test_the_chapter_finds_the_runs_the_command_made(tmp_path):
+    """The GPU kit trains a table with `python -m ev2lib.ablations ... --cache DIR`, then executes the chapter from
+    book/ with that cache: the chapter trains nothing (the cache's name depends on the code, not the folder)."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EV2_RESULTS_DIR": str(tmp_path / "results")}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "REHEARSAL").write_text("a rehearsal's folder\n")
+    cache = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "ev2lib.ablations", "--table", "12", "--profile", "smoke", "--threads", "1",
+           "--cache", str(cache), "--save"]
+    assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    out = tmp_path / "executed.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "book" / "ablations.ipynb"), str(out), "-k",
+                           "python3", "-p", "profile", "smoke", "-p", "cache", str(cache), "-p", "tables", "12",
+                           "--cwd", str(ROOT / "book")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = out.read_text()
+    assert "Tables 12: 0 runs trained now" in shown and "runs trained now" in shown

@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
+from ev2lib import book
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ci"))
 import build_book  # noqa: E402
@@ -61,7 +63,18 @@ LAYOUT_JS = """() => {
   const figures = [...article.querySelectorAll('.cell_output img')].filter(i => i.naturalWidth > 0)
     .map(i => ({src: i.getAttribute('src'), natural: i.naturalWidth, shown: i.getBoundingClientRect().width}));
   const math = article.querySelectorAll('.math').length, typeset = article.querySelectorAll('.math mjx-container').length;
-  return {scrollWidth: document.documentElement.scrollWidth, viewport: vw, wide, raw, figures, math, typeset};
+  const headers = [...article.querySelectorAll('table th')].map(th => th.innerText.trim())
+    .filter(t => /^[a-z0-9]+(_[a-z0-9]+)+$/i.test(t) || /\b[a-z]+_[a-z_]+\b/.test(t));
+  const stderr = article.querySelectorAll('.output.stderr, .stderr').length;
+  // In each section (h2), is there a smoke-profile figure before the section's first reference figure?
+  const order = [...article.querySelectorAll('h2, .cell_output img')].map(e => e.tagName === 'H2' ? 'h2' :
+    (e.closest('details.this-run.smoke') ? 'smoke' : 'reference'));
+  const smokeFirst = [];
+  order.join(' ').split('h2').forEach((sec, i) => { const s = sec.indexOf('smoke'), r = sec.indexOf('reference');
+    if (s >= 0 && r >= 0 && s < r) smokeFirst.push(i); });
+  const words = (prose.innerText.match(/\b(unverified|recalled|third-party transcription)\b/gi) || []);
+  return {scrollWidth: document.documentElement.scrollWidth, viewport: vw, wide, raw, figures, math, typeset,
+          headers, stderr, smokeFirst, words};
 }"""
 CHAPTERS = [c[:-len(".ipynb")] for c in build_book.chapters(ROOT)]  # e.g. "book/anatomy"
 PAGES = build_book.toc_files(ROOT / "_toc.yml")
@@ -138,7 +151,22 @@ def _layout_problems(layout: dict, desktop: bool) -> list[str]:
         bad += [f"figure {f['src']} shrunk to {f['shown']:.0f} of its {f['natural']} px: its text is smaller than the "
                 f"body text (draw it with ev2lib.book.subplots, at most two panels side by side)"
                 for f in layout["figures"] if f["shown"] < MIN_FIGURE_SCALE * f["natural"]]
+    else:  # the text of a figure drawn with ev2lib.book's style, as the phone shows it
+        bad += [f"figure {f['src'][:60]} shown at {f['shown']:.0f} of its {f['natural']} px: its text is "
+                f"{_font_px(f):.1f} px on a phone, under {book.MIN_PHONE_FONT_PX} px (draw it narrower)"
+                for f in layout["figures"] if f["shown"] > 0 and _font_px(f) < book.MIN_PHONE_FONT_PX]
+    bad += [f"table headers a reader cannot scan: {layout['headers']}"] if layout["headers"] else []
+    bad += [f"{layout['stderr']} stderr block(s) on the page"] if layout["stderr"] else []
+    bad += [f"a smoke-profile figure precedes the reference figure in section(s) {layout['smokeFirst']}"] \
+        if layout["smokeFirst"] else []
+    bad += [f"words that doubt the paper's numbers: {sorted(set(w.lower() for w in layout['words']))}"] \
+        if layout["words"] else []
     return bad
+
+
+def _font_px(fig: dict) -> float:
+    """The rendered size of ev2lib.book's FONT_PT text in a figure shown at ``shown`` of its ``natural`` pixels."""
+    return book.FONT_PT * book.DPI / 72 * fig["shown"] / fig["natural"]
 
 
 @pytest.fixture(scope="session")
@@ -210,9 +238,11 @@ def test_pages_are_legible_at_desktop_and_phone_width(visited):
 
 
 @pytest.mark.slow
-def test_the_checks_catch_a_raw_equation_and_a_three_panel_figure(browser, server, html_dir, tmp_path):
-    """Negative controls: a copy of a real chapter page with a planted raw $$ equation, and one with a planted
-    three-panel figure drawn at a legible size, must each fail the layout checks (and the unplanted copy pass)."""
+def test_the_checks_catch_every_planted_fault(browser, server, html_dir, tmp_path):
+    """Negative controls: copies of a real chapter page with a planted raw $$ equation, a three-panel figure, a
+    figure whose text is too small on a phone, a snake_case table header, a stderr block, a smoke figure before the
+    section's reference figure and words that doubt the paper's numbers must each fail the checks (and the
+    unplanted copy pass at both widths)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,11 +258,21 @@ def test_the_checks_catch_a_raw_equation_and_a_three_panel_figure(browser, serve
         fig, _ = plt.subplots(1, 3, figsize=(3 * book.TEXT_WIDTH / 2, 3.4))  # three legible half-width panels
         fig.savefig(chapter.parent / "_planted_wide.png")
         plt.close(fig)
+    with matplotlib.rc_context():  # a one-panel figure drawn 1.7x the column's width: small text on a phone
+        book.style()
+        fig, _ = plt.subplots(figsize=(1.7 * book.TEXT_WIDTH, 3.0))
+        fig.savefig(chapter.parent / "_planted_big.png")
+        plt.close(fig)
     # The equation plant is the failure this check exists for: MathJax from a CDN, unreachable offline, leaves it raw.
     cdn = "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"
+    img = '<div class="cell_output docutils container"><img alt="planted" src="{}" /></div>'
     plants = {"clean": ("", ""), "equation": ("<p>The reward is $$A \\cdot S^w \\cdot P^v$$ here.</p>", cdn),
-              "figure": ('<div class="cell_output docutils container"><img alt="planted" src="_planted_wide.png" />'
-                         '</div>', "")}
+              "figure": (img.format("_planted_wide.png"), ""), "phone": (img.format("_planted_big.png"), ""),
+              "header": ("<table><tr><th>test_acc</th></tr><tr><td>1</td></tr></table>", ""),
+              "stderr": ('<div class="output stderr"><pre>W1203 No CUDA runtime is found</pre></div>', ""),
+              "smoke": ('<h2>Planted</h2><details class="this-run smoke" open>' + img.format("_planted_big.png")
+                        + "</details>" + img.format("_planted_big.png"), ""),
+              "words": ("<p>These values are recalled, from a third-party transcription.</p>", "")}
     origin = urlparse(server).netloc
     found = {}
     try:
@@ -242,15 +282,48 @@ def test_the_checks_catch_a_raw_equation_and_a_three_panel_figure(browser, serve
                 html, n = re.subn(r'src="[^"]*_static/mathjax/tex-chtml\.js"', f'src="{mathjax}"', html)
                 assert n == 1, "the chapter page does not load MathJax from _static/mathjax (sphinx-mathjax-offline)"
             (chapter.parent / f"_planted_{name}.html").write_text(html)
-            page, _, _ = _open(browser, f"{server}/{CHAPTERS[0].rsplit('/', 1)[0]}/_planted_{name}.html", 1280, origin)
-            found[name] = _layout_problems(page.evaluate(LAYOUT_JS), desktop=True)
-            page.close()
+            for width in (1280, 390):
+                page, _, _ = _open(browser, f"{server}/{CHAPTERS[0].rsplit('/', 1)[0]}/_planted_{name}.html", width,
+                                   origin)
+                found[name, width] = _layout_problems(page.evaluate(LAYOUT_JS), desktop=width == 1280)
+                page.close()
     finally:
         for f in chapter.parent.glob("_planted_*"):
             f.unlink()
-    assert found["clean"] == [], found["clean"]
-    assert any("raw LaTeX" in b for b in found["equation"]), found["equation"]
-    assert any("_planted_wide.png" in b and "shrunk" in b for b in found["figure"]), found["figure"]
+    assert found["clean", 1280] == [] and found["clean", 390] == [], (found["clean", 1280], found["clean", 390])
+    assert any("raw LaTeX" in b for b in found["equation", 1280]), found["equation", 1280]
+    assert any("_planted_wide.png" in b and "shrunk" in b for b in found["figure", 1280]), found["figure", 1280]
+    assert any("_planted_big.png" in b and "on a phone" in b for b in found["phone", 390]), found["phone", 390]
+    assert any("headers" in b for b in found["header", 390]) and any("stderr" in b for b in found["stderr", 390])
+    assert any("smoke-profile figure precedes" in b for b in found["smoke", 1280]), found["smoke", 1280]
+    assert any("recalled" in b and "third-party transcription" in b for b in found["words", 1280])
+
+
+def _leaks(html_dir: Path) -> dict:
+    """Pages that name the build machine's folders: the clone's, its parent, the temporary and the home folder."""
+    import tempfile
+
+    needles = [str(ROOT), str(ROOT.parent) + "/", tempfile.gettempdir() + "/", str(Path.home()) + "/"]
+    leaks = {}
+    for page in html_dir.rglob("*.html"):
+        if "_static" in page.parts or "_sources" in page.parts:
+            continue
+        hits = [n for n in needles if n in page.read_text(errors="replace")]
+        if hits:
+            leaks[str(page.relative_to(html_dir))] = hits
+    return leaks
+
+
+@pytest.mark.slow
+def test_no_page_names_the_build_machines_folders(html_dir):
+    """Nothing a reader sees names where the book was built (a long path there also widened phone pages)."""
+    assert not _leaks(html_dir), f"pages that name the build machine's folders: {_leaks(html_dir)}"
+    planted = html_dir / "book" / "_planted_path.html"
+    planted.write_text(f"<p>data from {ROOT.parent}/shared/data/cifar10_jpeg.npz</p>")  # a negative control
+    try:
+        assert "book/_planted_path.html" in _leaks(html_dir)
+    finally:
+        planted.unlink()
 
 
 @pytest.mark.slow

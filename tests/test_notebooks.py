@@ -203,3 +203,29 @@ def test_the_coverage_map_covers_every_table_and_figure():
     assert [f"Table {i}" for i in range(1, 14)] == [r for r in rows if r.startswith("Table ")]
     assert [f"Figure {i}" for i in range(1, 7)] == [r for r in rows if r.startswith("Figure ")]
     assert "Algorithm 1" in rows
+
+
+QUIET_TAGS = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
+MAX_VISIBLE_CODE, MAX_FINDINGS_CELL, MAX_TOTAL_LINES = 40, 25, 7100
+
+
+def _lines(source: str) -> int:
+    return len(source.splitlines())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_code_stays_quiet_and_findings_come_from_the_library(path):
+    """At most 40 visible code lines a chapter (library listings are Markdown, not counted), and a findings cell of
+    at most 25 lines: the analysis behind it lives in tested library functions (ev2lib.report)."""
+    nb = nbformat.read(path, as_version=4)
+    visible = sum(_lines(c.source) for c in _code(nb) if not QUIET_TAGS & set(c.metadata.get("tags", [])))
+    assert visible <= MAX_VISIBLE_CODE, f"{path.name}: {visible} visible code lines (at most {MAX_VISIBLE_CODE})"
+    findings = [c for c in _code(nb) if "book.findings(" in c.source]
+    assert findings and all(_lines(c.source) <= MAX_FINDINGS_CELL for c in findings), \
+        f"{path.name}: a findings cell of {[_lines(c.source) for c in findings]} lines (at most {MAX_FINDINGS_CELL})"
+
+
+def test_the_library_and_the_chapters_fit_the_line_budget():
+    library = sum(_lines(p.read_text()) for p in (ROOT / "ev2lib").rglob("*.py"))
+    chapters = sum(_lines(c.source) for p in NOTEBOOKS for c in _code(nbformat.read(p, as_version=4)))
+    assert library + chapters <= MAX_TOTAL_LINES, f"ev2lib {library} + chapters' code {chapters} lines"

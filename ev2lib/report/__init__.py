@@ -4,8 +4,8 @@ and says so. Display only: no run imports this module, so changing it leaves eve
 """
 from __future__ import annotations
 
-from . import results
-from .stats import direction
+from .. import results
+from ..stats import direction
 
 
 def pct(x: float | None, digits: int = 1) -> str:
