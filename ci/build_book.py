@@ -138,15 +138,19 @@ def retag_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def execute(chapter: str, out: Path, profile: str, budget: float, log=print) -> float:
-    """Run one chapter with papermill in a subprocess killed after ``budget`` seconds; return its wall time."""
-    src, dst = out / chapter, out / chapter
+def execute(chapter: str, out: Path, profile: str, budget: float, log=print, params: dict | None = None,
+            dst: Path | None = None, env: dict | None = None) -> float:
+    """Run one chapter (``out / chapter``) with papermill in a subprocess killed, with its kernel, after ``budget``
+    seconds; the executed copy replaces it (or goes to ``dst``). ``params``: further papermill parameters. Returns
+    its wall time; a failure raises :class:`BookError` naming the failing cell. The GPU kit runs chapters with it."""
+    src, dst = out / chapter, dst or out / chapter
     executed = dst.with_suffix(".executed.ipynb")
-    env = dict(os.environ)
+    env = dict(env or os.environ)
     if env.pop("MPLBACKEND", None):
         log("[book] MPLBACKEND unset for execution (it silently drops inline figures)")
     cmd = [sys.executable, "-m", "papermill", str(src), str(executed), "-k", "python3", "--cwd", str(src.parent),
-           "-p", "profile", profile, "--no-progress-bar", "--log-output"]
+           "-p", "profile", profile, *[a for k, v in (params or {}).items() for a in ("-p", k, v)],
+           "--no-progress-bar", "--log-output"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "ci"))
 DEFAULT_MINUTES = 8.0  # what runs by default (fast_path, table12): with the start-up, one 10-minute call
 
 
@@ -246,14 +247,18 @@ def run_section(s: Section, args, out: Path, env: dict, log, compiles: bool) -> 
         if status != "ok":
             break
     for ch, extra in s.chapters if status == "ok" else ():
-        nb = out / "notebooks" / f"{ch}.ipynb"
-        params = ["-p", "profile", profile, "-p", "cache", str(out / "runs")]
-        params += [a for k, v in zip(extra[::2], extra[1::2]) for a in ("-p", k, v)]
-        status, secs = run([sys.executable, "-m", "papermill", str(ROOT / "book" / f"{ch}.ipynb"), str(nb), "-k",
-                            "python3", *params, "--cwd", str(ROOT / "book")], budget - (time.perf_counter() - t0),
-                           log, env)
-        if status != "ok":
+        from build_book import BookError, execute  # the book build's own time-limited papermill run
+
+        left, t1 = budget - (time.perf_counter() - t0), time.perf_counter()
+        params = {"cache": str(out / "runs"), **dict(zip(extra[::2], extra[1::2]))}
+        try:
+            secs = execute(f"{ch}.ipynb", ROOT / "book", profile, max(left, 1), log, params,
+                           dst=out / "notebooks" / f"{ch}.ipynb", env=env)
+        except BookError as e:
+            log(f"[gpu_book] {e}")
+            status = "cut off" if "time budget" in str(e) else "failed (chapter)"
             break
+        log(f"[gpu_book] chapter {ch}: ok in {time.perf_counter() - t1:.0f} s")
         if not s.reuses_runs:  # what the chapter's "run it" box shows as its time on this GPU
             record_chapter_time(out / "results", ch, secs, profile, "cpu" if args.rehearse else "cuda")
     return {"section": s.name, "what": s.what, "status": status, "seconds": time.perf_counter() - t0,

@@ -105,8 +105,7 @@ def get_profile(profile: str | AblationProfile, **overrides) -> AblationProfile:
     return PROFILES[profile].replace(**overrides)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Schedules
+# --- Schedules ----------------------------------------------------------------------------------------------------
 
 
 def _reg(level: tuple) -> dict:
@@ -142,8 +141,7 @@ def random_resize(p: AblationProfile, top: str, adaptive_reg: bool):
                                              adaptive=adaptive_reg, seed=seed, size_multiple=p.size_multiple, **ranges)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Running cells
+# --- Running cells ------------------------------------------------------------------------------------------------
 
 
 class _TrainAccuracy:
@@ -241,8 +239,7 @@ class Runner:
                         fixed_side=spec["fixed_side"])
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The tables: each returns (cells, summary); choices on validation accuracy, reports on test
+# --- The tables: each returns (cells, summary); choices on validation accuracy, reports on test -------------------
 
 
 def _div(x, y):

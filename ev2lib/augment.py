@@ -67,8 +67,7 @@ def eval_resize(x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
     return v2.functional.resize(x, [size, size], antialias=True)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# A whole batch on its device
+# --- A whole batch on its device ----------------------------------------------------------------------------------
 
 
 def draw(batch: int, height: int, width: int, seed: int, *, image_size: int, crop: str = "rrc",
@@ -171,8 +170,7 @@ def _crop_resize(x: torch.Tensor, box: torch.Tensor, crop: str, S: int) -> torch
     return x if x.dtype == torch.uint8 else x.round().clamp(0, 255).to(torch.uint8)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Mixup / CutMix
+# --- Mixup / CutMix -----------------------------------------------------------------------------------------------
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float,

@@ -44,8 +44,7 @@ def precision(device: str = "cuda") -> str:
 CPU_MEMORY_BUDGET = 8 * 2**30
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Timing
+# --- Timing -------------------------------------------------------------------------------------------------------
 
 def time_calls(fn, repeats: int = 10, warmup: int = 3, device="cpu", clock=time.perf_counter) -> list[float]:
     """Seconds taken by each of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls: CUDA events on a GPU,
@@ -135,12 +134,9 @@ def make_inference(model: nn.Module, batch_size: int, image_size: int, dtype: st
 
 def stage_times(model: EfficientNet, image_size: int, batch_size: int = 8, dtype: str = "fp32",
                 repeats: int = 5, channels_last: bool = False) -> list[float]:
-    """Mean forward+backward milliseconds of each Table 4 stage (stem, block stages 1..K, head) on its real input.
-
-    Each stage is timed alone by ``torch.utils.benchmark.Timer`` (2 warm-up calls, then ``repeats`` calls; it
-    synchronises CUDA): its input is the previous stages' output (computed once, without grad) with
-    ``requires_grad`` set, and the backward pass starts from a gradient of ones.
-    """
+    """Mean forward+backward ms of each Table 4 stage (stem, stages 1..K, head) on its real input: each stage timed
+    alone by ``torch.utils.benchmark.Timer`` (2 warm-ups, ``repeats`` calls) on the previous stages' output with
+    ``requires_grad`` set, the backward pass from a gradient of ones."""
     from torch.utils.benchmark import Timer  # imported here: it imports cpp_extension, which may warn on stderr
 
     x, _ = _inputs(model, batch_size, image_size, channels_last)
@@ -162,15 +158,11 @@ def stage_times(model: EfficientNet, image_size: int, batch_size: int = 8, dtype
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Memory
+# --- Memory -------------------------------------------------------------------------------------------------------
 
 def cpu_memory_estimate(model: EfficientNet, image_size: int, dtype: str = "fp32") -> tuple[int, int]:
-    """(bytes per image, fixed bytes) of a training step's peak memory, estimated without running it.
-
-    Per image: the tensors autograd saves for backward (:func:`ev2lib.summary.saved_for_backward`, batch 1).
-    Fixed: weights, gradients and SGD momentum (3 x parameter bytes).
-    """
+    """(bytes per image, fixed bytes) of a training step's peak memory, without running it: per image the tensors
+    autograd saves (:func:`ev2lib.summary.saved_for_backward`, batch 1); fixed the weights, gradients and momentum."""
     saved = sum(saved_for_backward(model, _inputs(model, 1, image_size, False)[0])[0])
     if dtype != "fp32":
         saved //= 2  # autocast keeps most saved activations in 16 bits (an approximation)
@@ -240,8 +232,7 @@ def max_batch_size(model: EfficientNet, image_size: int, dtype: str = "fp32", ch
     return lo
 
 
-# ----------------------------------------------------------------------------------------------------------
-# One benchmark
+# --- One benchmark ------------------------------------------------------------------------------------------------
 
 @dataclass
 class BenchResult:
@@ -331,8 +322,7 @@ def benchmark(model: str | ModelConfig | EfficientNet, image_size: int, batch_si
     return res
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Command line
+# --- Command line -------------------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ev2lib.bench", description=__doc__.split("\n")[0])

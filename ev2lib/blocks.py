@@ -15,12 +15,9 @@ from torchvision.ops import SqueezeExcitation, StochasticDepth
 
 
 class Conv2dSame(nn.Conv2d):
-    """A convolution with TensorFlow's ``padding="same"``: output size ceil(in / stride).
-
-    For stride 2 and an even input, TF pads 0 pixels on the top/left and 1 on the bottom/right, where PyTorch's
-    ``padding=k//2`` pads symmetrically. The official and timm ``tf_`` weights were trained with TF's rule, so
-    they are only exact with it. The padding depends on the input size, so it is computed in ``forward``.
-    """
+    """A convolution with TensorFlow's ``padding="same"`` (output ceil(in / stride)): for stride 2 on an even input TF
+    pads 0 pixels top/left and 1 bottom/right where PyTorch's ``k//2`` pads both sides. The official and timm ``tf_``
+    weights are exact only with TF's rule. The padding depends on the input size, so ``forward`` computes it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
@@ -71,11 +68,9 @@ class _Residual(nn.Module):
 
 
 class MBConv(_Residual):
-    """Mobile inverted bottleneck (Figure 2, left): 1x1 expand -> k x k depthwise -> SE -> 1x1 project.
-
-    (B, cin, H, W) -> expand (B, cin*e, H, W) -> depthwise (B, cin*e, H/s, W/s) -> SE -> project (B, cout, H/s, W/s).
-    The projection has no activation (a linear bottleneck). With expansion 1 the expand conv is omitted.
-    """
+    """Mobile inverted bottleneck (Figure 2, left): (B, cin, H, W) -> 1x1 expand (B, cin*e, H, W) -> k x k depthwise
+    (B, cin*e, H/s, W/s) -> SE -> 1x1 project (B, cout, H/s, W/s), no activation (a linear bottleneck); expansion 1
+    omits the expand conv."""
 
     def __init__(self, cin, cout, kernel, stride, expansion, se_ratio=0.25, drop_path=0.0, bn_eps=1e-3,
                  bn_momentum=0.1, padding="symmetric"):
@@ -94,12 +89,9 @@ class MBConv(_Residual):
 
 
 class FusedMBConv(_Residual):
-    """Fused-MBConv (Figure 2, right): the 1x1 expand and k x k depthwise convs fused into one k x k conv.
-
-    expansion > 1: k x k conv (B, cin*e, H/s, W/s) -> [SE] -> 1x1 project (no activation).
-    expansion = 1: a single k x k conv with BN and SiLU (the official "add act if no expansion").
-    No official V2 config uses SE in a fused block; ``se_ratio`` exists for ablations.
-    """
+    """Fused-MBConv (Figure 2, right): the 1x1 expand and the k x k depthwise conv fused into one k x k conv
+    (B, cin*e, H/s, W/s) -> [SE] -> 1x1 project; with expansion 1 a single k x k conv with BN and SiLU (the official
+    "add act if no expansion"). No official V2 config puts SE in a fused block; ``se_ratio`` is for ablations."""
 
     def __init__(self, cin, cout, kernel, stride, expansion, se_ratio=0.0, drop_path=0.0, bn_eps=1e-3,
                  bn_momentum=0.1, padding="symmetric"):

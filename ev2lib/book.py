@@ -1,10 +1,7 @@
-"""What the chapters show and how: the chapter frame (a "run it" note, a "what we found" list), one figure style
-legible on a phone, tables a reader can scan, captions that say where a number came from, the live run of the
-chosen profile in a block of its own (:func:`this_run`: folded and grey at the smoke profile), stage tables, training
-curves and an ipywidgets explorer that also renders statically. Display only: what the numbers say is
-:mod:`ev2lib.report`; no run imports this module.
-
-For the chapters only (pandas, matplotlib, seaborn and ipywidgets come from the ``chapters`` extra, imported lazily).
+"""What the chapters show and how: the frame (a "run it" note, a "what we found" list), figures legible on a
+phone, tables a reader can scan, captions, the live run in a block of its own (:func:`this_run`), stage tables and
+an explorer that also renders statically. Display only (what the numbers say is :mod:`ev2lib.report`); for the
+chapters, with the ``chapters`` extra's packages imported lazily.
 """
 from __future__ import annotations
 
@@ -16,11 +13,8 @@ from . import results
 from .configs import ModelConfig, get_config
 from .errors import ConfigError
 
-# ----------------------------------------------------------------------------------------------------------
-# Figures sized for the page. The text column is 688 px wide on a 1280 px screen (body text 16 px) and about 358 px
-# on a 390 px phone. A figure TEXT_WIDTH inches wide at DPI dots per inch (550 px) is shown at its natural size on
-# the desktop, so FONT_PT-point text is 16.7 px there, and at 358/550 of it on the phone: 10.9 px, above the 9 px
-# the book's browser test asks for (MIN_PHONE_FONT_PX). At most two panels sit side by side.
+# Figures sized for the page: TEXT_WIDTH in at DPI (550 px) show at natural size in the 688 px desktop column, so
+# FONT_PT text is 16.7 px there, and 358/550 of it in a 390 px phone's column: 10.9 px, above MIN_PHONE_FONT_PX.
 TEXT_WIDTH = 5.5  # inches (the inline backend's tight bounding box adds ~0.3 in)
 DPI = 100
 FONT_PT = 12
@@ -59,8 +53,7 @@ def subplots(n: int = 1, height: float = 3.4, **kw):
     return fig, axes[:n]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Tables and labels
+# --- Tables and labels --------------------------------------------------------------------------------------------
 
 
 def short_hardware(desc: str) -> str:
@@ -73,19 +66,19 @@ def short_hardware(desc: str) -> str:
     return re.sub(r"\s+", " ", s).replace(" )", ")").strip()
 
 
-def table(df, digits: int = 1, percent=(), index: bool = False, caption: str = ""):
-    """A DataFrame for reading (a pandas Styler): every float column at ``digits`` decimals (one precision a column),
-    thousands separators, the columns in ``percent`` (fractions) as percentages, empty cells blank, numbers
-    right-aligned, and a ``caption`` (say what and in which units). Headers are what the reader sees: write them in
-    words with their units ("test accuracy (%)"), never as code names."""
+def table(df, digits: int | dict = 1, percent=(), index: bool = False, caption: str = ""):
+    """A DataFrame for reading (a pandas Styler): float columns at ``digits`` decimals (one precision a column; a
+    dict gives some columns their own, e.g. a learning rate's), thousands separators, the ``percent`` columns
+    (fractions) as percentages, empty cells blank, numbers right-aligned, and a ``caption`` (what, in which units).
+    Headers are what the reader sees: words with units ("test accuracy (%)"), never code names."""
     import pandas as pd
 
-    fmt = {}
+    fmt, places = {}, (lambda col: digits.get(col, 1)) if isinstance(digits, dict) else (lambda col: digits)
     for col in df.columns:
         if col in percent:
-            fmt[col] = lambda v: "" if pd.isna(v) else f"{100 * v:.{digits}f}%"
+            fmt[col] = lambda v, d=places(col): "" if pd.isna(v) else f"{100 * v:.{d}f}%"
         elif pd.api.types.is_float_dtype(df[col]):
-            fmt[col] = lambda v, d=digits: "" if pd.isna(v) else f"{v:,.{d}f}"
+            fmt[col] = lambda v, d=places(col): "" if pd.isna(v) else f"{v:,.{d}f}"
         elif pd.api.types.is_integer_dtype(df[col]):
             fmt[col] = "{:,}"
     numeric = [c for c in df.columns if c in percent or pd.api.types.is_numeric_dtype(df[c])]
@@ -94,8 +87,7 @@ def table(df, digits: int = 1, percent=(), index: bool = False, caption: str = "
     return styler if index else styler.hide(axis="index")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# This run: the live computation of the chosen profile, apart from the references
+# --- This run: the live computation of the chosen profile, apart from the references ------------------------------
 
 
 def _html(item) -> str:
@@ -132,8 +124,7 @@ def this_run(profile: str, *items, hardware: str | None = None) -> None:
     body = "".join(f'<div class="this-run-item">{_html(i)}</div>' for i in items)
     display(HTML(f'<details class="this-run{" smoke" if smoke else ""}"{"" if smoke else " open"}>'
                  f"<summary>{title}</summary>{body}</details>"))
-# ----------------------------------------------------------------------------------------------------------
-# The chapter frame: a "run it" box after the opening paragraph, a "what we found" list at the end
+# --- The chapter frame: a "run it" box after the opening paragraph, a "what we found" list at the end -------------
 
 PROFILES = {
     "smoke": "CPU, offline, tiny data: shows that every cell runs; its numbers mean nothing",
@@ -144,9 +135,8 @@ SMOKE_BUDGET_MIN = 3  # CI fails a chapter whose smoke run takes longer on 2 CPU
 
 
 def run_box(chapter: str, repo: str, branch: str = "main") -> None:
-    """Display the chapter's "run it" box: an Open-in-Colab link to ``book/<chapter>.ipynb`` of ``repo``, and what
-    each profile does and how long it took where that was measured (the GPU times from the recorded result
-    ``book_times_gpu``, if any). HTML with the theme's admonition classes: a box in the book, plain in Jupyter."""
+    """Display the chapter's "run it" note: an Open-in-Colab link to ``book/<chapter>.ipynb`` of ``repo``, what each
+    profile does and how long it took where measured (GPU times from the recorded ``book_times_gpu``)."""
     from html import escape
 
     from IPython.display import HTML, display
@@ -184,6 +174,13 @@ def run_caption(what: str = "computed in this run", device: str | None = None) -
     return f"{what} on {desc}"
 
 
+def say(text: str) -> None:
+    """Display a sentence (Markdown) as a paragraph of the page: a report's verdict, a computed fact."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
 def show_caption(text: str) -> None:
     """Display ``text`` as a small italic figure caption (Markdown, so it renders in the book and in Jupyter)."""
     from IPython.display import Markdown, display
@@ -192,11 +189,8 @@ def show_caption(text: str) -> None:
 
 
 def stage_table(config: ModelConfig | str):
-    """The Table 4 view of a config (a pandas DataFrame): Stage, Operator, Stride, #Channels, #Layers.
-
-    The rows are :func:`ev2lib.summary.stage_rows`, never typed: stage 0 is the stem, the last row the head
-    (1x1 conv, pooling, FC, stride "-") as in the paper.
-    """
+    """The Table 4 view of a config (a DataFrame: Stage, Operator, Stride, #Channels, #Layers), from
+    :func:`ev2lib.summary.stage_rows`: stage 0 the stem, the last row the head (stride "-"), as in the paper."""
     import pandas as pd
 
     from .summary import stage_rows
@@ -243,33 +237,9 @@ def plot_stage_costs(df, hue: str = "variant", title: str = ""):
     return fig
 
 
-def plot_runs(runs: dict, metric: str = "test_acc", x: str = "epoch", ax=None):
-    """Plot ``metric`` against ``x`` for several runs: ``{label: run folder | log records | eval history}``.
-
-    A committed reference result's ``data["history"]`` (a list of eval records) plots like a live run's log, so a
-    chapter can draw the reader's run beside the reference with the hardware in the label."""
-    import matplotlib.pyplot as plt
-
-    from .train import read_log
-
-    ax = ax or plt.subplots(figsize=(TEXT_WIDTH, 3.4))[1]
-    for label, run in runs.items():
-        records = read_log(run) if isinstance(run, (str, Path)) else list(run)
-        rows = [r for r in records if metric in r and x in r and (metric == "loss" or r.get("event", "eval") == "eval")]
-        ax.plot([r[x] for r in rows], [r[metric] for r in rows], marker="o" if len(rows) < 30 else None, label=label)
-    ax.set_xlabel(x)
-    ax.set_ylabel(metric)
-    ax.legend()
-    return ax
-
-
 def explorer(fn, static: bool = True, **controls):
-    """An ``ipywidgets.interactive`` explorer of ``fn(**controls)`` that also shows a static rendering.
-
-    A live kernel (Colab, Jupyter) updates the widget's output as the controls move. The static book has no
-    kernel, so with ``static=True`` the function is also called once with the controls' defaults below the
-    widget: the rendered page always shows a real table and figure. Returns the widget.
-    """
+    """An ``ipywidgets.interactive`` explorer of ``fn(**controls)``, plus a static rendering at the controls'
+    defaults (the static book has no kernel: its page always shows a real table and figure). Returns the widget."""
     import ipywidgets as widgets
     from IPython.display import Markdown, display
 

@@ -113,8 +113,7 @@ def _table(rows) -> tuple[Stage, ...]:
     return tuple(Stage(*row) for row in rows)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# EfficientNetV2 (official effnetv2_configs.py; identical to torchvision's and timm's tables)
+# --- EfficientNetV2 (official effnetv2_configs.py; identical to torchvision's and timm's tables) ------------------
 #        block    k  s  e   in  out  layers  SE
 
 V2_S = _table([

@@ -32,8 +32,7 @@ EVAL_SEED = 2022  # the seed of a test subset (eval_subset): the same images for
 SHARED_SOURCE = "CIFAR-10, shared JPEG archive (cifar10_jpeg.npz)"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Sources
+# --- Sources ------------------------------------------------------------------------------------------------------
 
 
 def shared_cifar10_path() -> Path | None:
@@ -140,8 +139,7 @@ def _num_classes(ds) -> int:
     return len(ds.classes) if hasattr(ds, "classes") else int(max(ds._labels)) + 1
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The training data the loop uses
+# --- The training data the loop uses ------------------------------------------------------------------------------
 
 
 def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -171,14 +169,10 @@ class _SeededFiles(torch.utils.data.Dataset):
 
 class TrainData:
     """Train and test splits behind one interface: :meth:`set_augment`, :meth:`train_batches`, :meth:`eval_batches`.
-
-    ``batch_size`` is per process; with DDP each rank keeps its slice of every global batch. ``crop`` is ``"rrc"``
-    (official random resized crop) or ``"pad"`` (pad-4 random crop, the usual CIFAR augmentation).
-
-    ``augment_device`` (in-memory data only): keep the uint8 training images on that device (a GPU) and augment
-    each batch there with :func:`ev2lib.augment.augment_batch` (the same distribution as the per-image CPU path, drawn from
-    the same per-step seed); None augments one image at a time on the CPU (:func:`augment`).
-    """
+    ``batch_size`` is per process (with DDP each rank keeps its slice of every global batch); ``crop`` is "rrc" (the
+    official random resized crop) or "pad" (CIFAR's pad-4 crop). ``augment_device`` (in-memory data only) keeps the
+    uint8 images on that device and augments each batch there (:func:`ev2lib.augment.augment_batch`, the same
+    distribution from the same per-step seed); None augments one image at a time on the CPU."""
 
     def __init__(self, train, test, num_classes: int, *, image_size: int, eval_size: int | None = None,
                  batch_size: int = 128, crop: str = "rrc", seed: int = 0, rank: int = 0, world: int = 1,
@@ -377,15 +371,11 @@ def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch
               root: str | Path | None = None, download: bool = True, train_subset: int = 0, eval_subset: int = 0,
               val_images: int = 0, classes="", seed: int = 0, rank: int = 0, world: int = 1,
               num_workers: int = 0, augment_device=None) -> TrainData:
-    """Build :class:`TrainData` for a dataset name (see :data:`DATASETS`).
-
-    ``cifar10`` uses the shared offline archive when ``$EV2_DATA_DIR`` has it, else torchvision's download.
-    ``synthetic`` (or ``synthetic:<n>``) generates data. ``val_images`` holds that many training images out as a
-    validation split (the same for every seed); then ``train_subset`` / ``eval_subset`` keep that many of the rest
-    of the training images / of the test images. ``classes`` (e.g. ``"5-9"``, in-memory datasets) keeps those
-    classes only, relabelled from 0, in every split; the validation hold-out is drawn before, so a run on classes
-    0-4 and one on 5-9 never share an image. ``augment_device``: see :class:`TrainData`.
-    """
+    """Build :class:`TrainData` for a dataset name (:data:`DATASETS`). ``cifar10`` is the shared offline archive when
+    ``$EV2_DATA_DIR`` has it, else torchvision's download; ``synthetic[:<n>]`` generates data. ``val_images`` holds that
+    many training images out (the same for every seed), then ``train_subset`` / ``eval_subset`` keep that many of
+    the rest / of the test images. ``classes`` (e.g. "5-9") keeps those classes, relabelled from 0, in every split,
+    after the hold-out: runs on classes 0-4 and 5-9 never share an image."""
     wanted = parse_classes(classes)
     name = str(name).lower()
     root = Path(root or os.environ.get("EV2_DATASETS", "datasets"))

@@ -34,13 +34,9 @@ class Normalize:
 
 
 class EfficientNet(nn.Module):
-    """Stem (stage 0) -> block stages 1..K -> 1x1 head conv -> global pooling -> dropout -> FC.
-
-    ``features`` holds the stem, one ``nn.Sequential`` per stage and the head, so
-    ``features[0]`` is the stem and ``features[i]`` is Table 4's stage i. ``normalization`` is the input
-    normalisation the weights expect (:meth:`normalize`): the official (x-128)/128 from scratch, set by
-    :func:`ev2lib.load_pretrained` to what published weights were trained with.
-    """
+    """Stem (stage 0) -> block stages 1..K -> 1x1 head conv -> pooling -> dropout -> FC. ``features[i]`` is Table 4's
+    stage i. ``normalization`` is the input normalisation the weights expect (:meth:`normalize`): (x-128)/128 from
+    scratch, set by :func:`ev2lib.load_pretrained` to what published weights were trained with."""
 
     frozen: tuple[int, ...] = ()  # stages that do not train (:meth:`freeze`)
 
@@ -77,13 +73,9 @@ class EfficientNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Initialise as the official code: conv weights N(0, 2/fan_out), BN (1, 0), FC U(+-1/sqrt(classes)), biases 0.
-
-        ``fan_out = k*k*out_channels/groups``: for a regular conv (groups 1) the official ``k*k*out_filters``;
-        for a depthwise conv (groups = channels) ``k*k``, because the official initializer reads it from the
-        depthwise kernel's TensorFlow shape ``[k, k, C, 1]``. A 3x3 depthwise conv thus gets std sqrt(2/9), not the
-        sqrt(2/(9C)) of ``nn.init.kaiming_normal_(mode="fan_out")``, which torchvision's EfficientNet uses.
-        """
+        """The official initialisation: conv N(0, 2/fan_out), BN (1, 0), FC U(+-1/sqrt(classes)), biases 0, with
+        ``fan_out = k*k*out/groups``: a depthwise conv gets k*k (the official reads its TF shape [k, k, C, 1]), so a 3x3
+        one gets std sqrt(2/9), not torchvision's kaiming sqrt(2/(9C))."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 kh, kw = m.kernel_size
@@ -195,14 +187,9 @@ def parse_stages(text) -> list[int]:
 
 def swap_blocks(config: str | ModelConfig, stages, block: str = "fused", kernel: int | None = None,
                 se_ratio: float | None = None) -> ModelConfig:
-    """``config`` with the blocks of ``stages`` (1-based, Table 4 numbering; a list or ``"1-3"``) set to ``block``.
-
-    Paper Table 3 replaces MBConv by Fused-MBConv on EfficientNet-B4: "Fused stage1-3" is
-    ``swap_blocks("efficientnet_b4", [1, 2, 3])``. Fused stages lose squeeze-excitation unless ``se_ratio`` is given
-    (no official V2 config has SE in a fused block); MBConv stages keep theirs. ``kernel`` overrides the kernel size
-    (V2 uses 3x3 everywhere; B4 has 5x5 in stages 3, 5 and 6). The name records the change, e.g.
-    ``efficientnet_b4_fused1-3_k3``.
-    """
+    """``config`` with the blocks of ``stages`` (1-based, Table 4 numbering; a list or "1-3") set to ``block``: Table 3's
+    "Fused stage1-3" is ``swap_blocks("efficientnet_b4", [1, 2, 3])``. Fused stages lose squeeze-excitation unless
+    ``se_ratio`` is given; ``kernel`` overrides the kernel (B4 has 5x5 in stages 3, 5, 6). The name records it."""
     cfg = get_config(config)
     stages = sorted(set(parse_stages(stages) if isinstance(stages, str) else map(int, stages)))
     if block not in BLOCK_TYPES:
@@ -228,17 +215,11 @@ def create_model(name: str | ModelConfig, num_classes: int = 1000, dropout: floa
                  drop_path_rate: float | None = None, fused_stages=None, padding: str = "symmetric",
                  bn_eps: float | None = None, bn_momentum: float | None = None, pretrained: str | None = None,
                  **config_overrides) -> EfficientNet:
-    """Build a network by name (see :func:`list_models`) or from a :class:`ModelConfig`.
-
-    Args:
-        dropout / drop_path_rate: override the variant's rates (None keeps the official value).
-        fused_stages: block stages (1-based, Table 4 numbering) whose MBConv blocks become Fused-MBConv, as in the
-            paper's Table 3 ablation on EfficientNet-B4: ``fused_stages=range(1, 4)`` is "Fused stage1-3".
-        padding: ``"symmetric"`` (PyTorch, torchvision weights) or ``"same"`` (TensorFlow, official/timm weights).
-        pretrained: ``"torchvision"`` or ``"timm"`` to download and load published weights
-            (:func:`ev2lib.load_pretrained`).
-        config_overrides: any other :class:`ModelConfig` field, e.g. ``stem_stride=1``.
-    """
+    """Build a network by name (:func:`list_models`) or from a :class:`ModelConfig`. ``dropout`` /
+    ``drop_path_rate`` override the variant's rates; ``fused_stages`` turns those stages' MBConv into Fused-MBConv
+    (Table 3: ``range(1, 4)`` is "Fused stage1-3"); ``padding`` is "symmetric" (PyTorch, torchvision weights) or
+    "same" (TensorFlow, timm weights); ``pretrained`` "torchvision" or "timm" loads published weights; any other
+    :class:`ModelConfig` field is an override (e.g. ``stem_stride=1``)."""
     cfg = get_config(name)
     changes = {k: v for k, v in dict(dropout=dropout, drop_path_rate=drop_path_rate, bn_eps=bn_eps,
                                       bn_momentum=bn_momentum).items() if v is not None}
@@ -257,15 +238,11 @@ def create_model(name: str | ModelConfig, num_classes: int = 1000, dropout: floa
 
 
 def init_model(name, num_classes: int, init: str = "", **create_kw) -> EfficientNet:
-    """:func:`create_model` for ``num_classes``, initialised from ``init`` (transfer learning, paper §5.3).
-
-    ``init``: ``""`` (from scratch), ``"torchvision"`` / ``"timm"`` (published ImageNet weights, with the padding
-    they need) or the path of an ev2lib checkpoint or ``model.pt`` (:func:`ev2lib.weights.load_weights`: its padding
-    and input normalisation come with it). Every tensor but the classifier's comes from the source, bit for bit; the
-    classifier is new, for ``num_classes``, also when the source had as many classes: continuing a run on the same
-    task is resuming it (the same ``--out``), not initialising from it. ``model.init_info`` says what was loaded
-    and what, for a bare state dict, was assumed.
-    """
+    """``create_model`` for ``num_classes`` initialised from ``init`` (transfer learning, §5.3): "" (scratch),
+    "torchvision" / "timm" (published weights, with their padding) or an ev2lib checkpoint or ``model.pt`` (with its
+    padding and normalisation, :func:`ev2lib.weights.load_weights`). Every tensor but the classifier's comes from
+    the source bit for bit; the classifier is always new (continuing a run is resuming it, not initialising from it).
+    ``model.init_info`` says what was loaded and, for a bare state dict, what was assumed."""
     if not init:
         return create_model(name, num_classes=num_classes, **create_kw)
     if init in SOURCES:

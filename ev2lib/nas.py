@@ -25,8 +25,7 @@ PAPER_W, PAPER_V = -0.07, -0.05  # reward exponents of step time and parameters 
 NUM_CLASSES = 10  # of the proxy datasets (CIFAR-10, synthetic)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Search space
+# --- Search space -------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -145,8 +144,7 @@ def search_space(backbone: str | ModelConfig = "efficientnetv2_cifar", width: fl
     return SearchSpace(cfg, layers=tuple(layers), **kw)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Reward: A * S**w * P**v, with S and P measured the same way for the candidates and the reference
+# --- Reward: A * S**w * P**v, with S and P measured the same way for the candidates and the reference -------------
 
 
 @dataclass(frozen=True)

@@ -70,14 +70,10 @@ def _phase_bounds(total_epochs: int, num_phases: int, i: int) -> tuple[int, int]
 
 
 class ProgressiveSchedule:
-    """Algorithm 1: ``num_phases`` phases over ``total_epochs``, each setting interpolated from (min, max).
-
-    Args:
-        image_size / randaug / mixup / cutmix / dropout: ``(start, end)`` pairs or one constant value;
-            ``dropout=None`` never touches the model's dropout (the official code).
-        size_rule: ``"paper"`` (S_0 at phase 0, i / (M - 1)) or ``"official"`` (S_0 + (S_e - S_0)(i + 1)/M, int()).
-        size_multiple: round intermediate sizes to this multiple (endpoints stay exact).
-    """
+    """Algorithm 1: ``num_phases`` phases over ``total_epochs``. image_size / randaug / mixup / cutmix / dropout are
+    (start, end) pairs or constants (``dropout=None`` never touches the model's, as the official code);
+    ``size_rule`` "paper" (S_0 first, i/(M-1)) or "official" (S_0 + (S_e - S_0)(i + 1)/M, int()); ``size_multiple``
+    rounds the intermediate sizes (the endpoints stay exact)."""
 
     def __init__(self, num_phases: int, total_epochs: int, image_size=(128, 300), randaug=(5, 15), mixup=(0, 0),
                  cutmix=(0, 0), dropout=(0.1, 0.3), size_rule: str = "paper", size_multiple: int = 8,
@@ -237,11 +233,9 @@ SCHEDULES = ("paper", "official", "progressive-resize", "random-resize")
 
 def make_schedule(kind: str, epochs: int, variant: str = "efficientnetv2_s", sizes=None,
                   seed: int = 0) -> ProgressiveSchedule:
-    """A progressive schedule by name over ``epochs`` (the training CLI's ``--progressive``), optionally mapped
-    onto the image-size range ``sizes`` (e.g. (16, 32) for CIFAR). ``"random-resize"`` draws a new size every
-    ``max(1, epochs // 8)`` epochs, ``ceil(epochs / max(1, epochs // 8))`` sizes in all (8 when ``epochs`` is a
-    multiple of 8; 10 for 20 epochs; 9 for 350 epochs, every 43), not every 8 epochs as in the paper (44 sizes in
-    350 epochs): the paper's rate would give a short run only one or two sizes. ``seed`` draws those sizes."""
+    """A schedule by name over ``epochs`` (the CLI's ``--progressive``), optionally mapped onto the sizes ``sizes``
+    (e.g. (16, 32)). "random-resize" draws a size (from ``seed``) every ``max(1, epochs // 8)`` epochs, about 8 in
+    all, not every 8 epochs as the paper (44 in 350): that rate would give a short run one or two sizes."""
     if kind == "paper":
         s = paper_schedule(variant, epochs)
     elif kind == "official":

@@ -52,13 +52,9 @@ def measure(config: ModelConfig, proxy: ProxyTask) -> tuple[float, int]:
 
 @dataclass(frozen=True)
 class ProxyTask:
-    """The reduced training every candidate gets (paper: "about 10 epochs with reduced image size").
-
-    A candidate trains on ``train_images`` at ``image_size`` and is scored, **at the same size**, on ``val_images``
-    training images held out of the training split (the same images for every candidate and seed,
-    ``ev2lib.data``): the search never looks at the test split. ``ev2lib.train`` still scores ``eval_images`` test
-    images once at the end of every run; the search does not use them.
-    """
+    """The reduced training every candidate gets (the paper: "about 10 epochs with reduced image size"): trained on
+    ``train_images`` at ``image_size``, scored at the same size on ``val_images`` held out of the training split
+    (the same for every candidate and seed): the search never looks at the test split."""
 
     data: str = "cifar10"  # an ev2lib.data name; "cifar10" uses the shared offline archive where it exists
     image_size: int = 16  # training and scoring size
@@ -125,11 +121,8 @@ def proxy_accuracy(config: ModelConfig, proxy: ProxyTask, train_fn=None) -> floa
 
 
 def evaluate_candidate(config: ModelConfig, proxy: ProxyTask = PROXIES["smoke"], train_fn=None) -> dict:
-    """Training-aware evaluation (§3.3): proxy accuracy, measured training step time, parameters, wall seconds.
-
-    ``train_fn(config, proxy) -> accuracy`` defaults to :func:`proxy_train` (ev2lib.train); pass your own to
-    search with another trainer or data. Training is seeded by ``proxy.seed``, so the accuracy is reproducible.
-    """
+    """Training-aware evaluation (§3.3): proxy accuracy, training step time, parameters, wall seconds.
+    ``train_fn(config, proxy) -> accuracy`` defaults to :func:`proxy_train`; seeded by ``proxy.seed``."""
     validate(config)
     t0 = time.perf_counter()
     accuracy = proxy_accuracy(config, proxy, train_fn)
@@ -144,8 +137,7 @@ def reward_relative_to(reference: ModelConfig, proxy: ProxyTask, w: float = PAPE
     return Reward(w, v, step_time, params)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Does the proxy measure anything? Its noise (seeds) and its validity (rank agreement with longer training)
+# --- Does the proxy measure anything? Its noise (seeds) and its validity (rank agreement with longer training) ----
 
 
 def proxy_noise(config: ModelConfig, proxy: ProxyTask, seeds, reward: Reward | None = None, train_fn=None,
@@ -175,15 +167,10 @@ def spread_sample(trials: list[dict], n: int = 8) -> list[dict]:
 
 def proxy_validity(trials_or_configs, proxy: ProxyTask, long_proxy: ProxyTask, reward: Reward | None = None,
                    space: SearchSpace | None = None, train_fn=None, cache=None) -> list[dict]:
-    """Per architecture, the proxy's accuracy and reward and those of a longer training run (``long_proxy``).
-
-    Items are search trials (their logged proxy accuracy, step time and parameters are kept, and the config is
-    rebuilt from ``choices`` in ``space``) or :class:`ModelConfig` (evaluated with ``proxy`` here). The long run
-    trains the same architecture with ``long_proxy`` (its step time is not measured again: S and P are properties
-    of the architecture, so the long reward is ``reward(long accuracy, S, P)``). ``reward`` defaults to
-    ``Reward()`` (un-normalised: a constant factor, which changes no ranking). Compare the two rankings with
-    :func:`ev2lib.stats.kendall_tau`.
-    """
+    """Per architecture, the proxy's accuracy and reward beside those of a longer training (``long_proxy``). Items are
+    search trials (their logged terms kept, the config rebuilt in ``space``) or configs (evaluated here). S and P
+    belong to the architecture, so the long reward is ``reward(long accuracy, S, P)``; ``reward`` defaults to the
+    un-normalised one (a constant factor changes no ranking)."""
     reward = reward or Reward()
     out = []
     for i, item in enumerate(trials_or_configs):

@@ -54,8 +54,7 @@ def op_args(op: str, magnitude: float, side: int, fixed_side: int = 0) -> tuple:
             "SolarizeAdd": (int(r * 110),), "Cutout": (int(r * CUTOUT_PX * px),)}[op]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The ops: uint8 (..., 3, H, W) and the op's argument -> uint8, the same shape
+# --- The ops: uint8 (..., 3, H, W) and the op's argument -> uint8, the same shape ---------------------------------
 
 
 def _affine(img: torch.Tensor, translate=(0.0, 0.0), shear=(0.0, 0.0)) -> torch.Tensor:
@@ -122,8 +121,7 @@ def rand_augment(img: torch.Tensor, magnitude: float, num_layers: int = NUM_LAYE
     return img
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The batched path
+# --- The batched path ---------------------------------------------------------------------------------------------
 
 
 def argument_table(magnitude: float, side: int, fixed_side: int = 0, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,23 +99,18 @@ def make_config(profile: str = "smoke", **overrides) -> TrainConfig:
     return TrainConfig(**{**PROFILES[profile], **overrides})
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Optimizer, LR schedule, precision
+# --- Optimizer, LR schedule, precision ----------------------------------------------------------------------------
 
 
 class RMSpropTF(torch.optim.Optimizer):
-    """RMSProp with TensorFlow 1's semantics (``tf.compat.v1.train.RMSPropOptimizer``), the paper's optimizer.
-
-    It differs from ``torch.optim.RMSprop`` in three ways: eps is inside the square root, the mean square starts
-    at 1 (not 0, so early steps are small), and the learning rate is applied before the momentum buffer (so
-    changing the LR does not rescale the accumulated velocity)::
+    """RMSProp with TensorFlow 1's semantics, the paper's optimizer. Unlike ``torch.optim.RMSprop``, eps is inside the
+    square root, the mean square starts at 1 (small early steps), and the LR is applied before the momentum buffer::
 
         ms  = rho * ms + (1 - rho) * g^2                 # ms_0 = 1
         mom = momentum * mom + lr * g / sqrt(ms + eps)
         p   = p - mom
 
-    ``weight_decay`` is added to the gradient (L2 in the loss, as the official ``1e-5 * sum(l2_loss)``).
-    """
+    ``weight_decay`` is added to the gradient (L2 in the loss, as the official ``1e-5 * sum(l2_loss)``)."""
 
     def __init__(self, params, lr=0.016, rho=0.9, momentum=0.9, eps=1e-3, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum, eps=eps, weight_decay=weight_decay))

@@ -40,8 +40,7 @@ PACKAGE = Path(__file__).resolve().parent
 PLUMBING = ("__init__", "results", "errors", "files", "book", "report")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The code a result ran
+# --- The code a result ran ----------------------------------------------------------------------------------------
 
 
 def code_of(source: str) -> str:
@@ -106,8 +105,7 @@ def stale_modules(record: dict, package: Path = PACKAGE) -> list[str]:
     return sorted(m for m, digest in recorded.items() if now.get(m) != digest)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Provenance
+# --- Provenance ---------------------------------------------------------------------------------------------------
 
 
 def results_dir(directory: str | Path | None = None) -> Path:

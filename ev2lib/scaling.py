@@ -42,11 +42,8 @@ V2_CODE_COEFFICIENTS = {"efficientnetv2_b0": (1.0, 1.0), "efficientnetv2_s": (1.
 
 
 def round_filters(channels: float, width: float = 1.0, divisor: int = 8, round_limit: float = 0.0) -> int:
-    """Scale ``channels`` by ``width`` and round to the nearest multiple of ``divisor`` (at least ``divisor``).
-
-    ``round_limit=0.9`` adds EfficientNet V1's guard "do not round down by more than 10%" (torchvision's
-    ``_make_divisible``); the V2 code has no such guard (``round_limit=0``), which matters for V2-B3.
-    """
+    """``channels`` x ``width`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``); ``round_limit=0.9``
+    is V1's guard "never round down by more than 10%" (torchvision's ``_make_divisible``); the V2 code has none."""
     scaled = channels * width
     new = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
     return int(new + divisor if new < round_limit * scaled else new)
@@ -65,13 +62,9 @@ def compound_coefficients(phi: float, alpha: float = ALPHA, beta: float = BETA, 
 def scale(config, width: float = 1.0, depth: float = 1.0, resolution: int | None = None,
           dropout: float | None = None, name: str | None = None, round_limit: float | None = None,
           max_eval_size: int | None = None):
-    """Scale a stage table by ``width`` (channels) and ``depth`` (layers per stage), and set its image size.
-
-    Channels of every stage, the stem and the head go through :func:`round_filters`; layer counts through
-    :func:`round_repeats` (ceil). ``round_limit`` defaults to 0.9 for V1 tables (its "never round down by more than
-    10%" guard) and 0 for V2 (the official V2 code has no guard). ``resolution`` sets ``eval_size``; ``train_size``
-    keeps the base's train/eval ratio (rounded to a multiple of 8). ``max_eval_size`` caps the resolution (V2: 480).
-    """
+    """A stage table scaled by ``width`` (channels: :func:`round_filters`) and ``depth`` (layers: :func:`round_repeats`,
+    ceil). ``round_limit`` defaults to 0.9 for V1 and 0 for V2; ``resolution`` sets ``eval_size`` (``train_size`` keeps
+    the base's ratio, a multiple of 8); ``max_eval_size`` caps it (V2: 480)."""
     if width <= 0 or depth <= 0:
         raise ConfigError(f"width and depth coefficients must be positive, got width={width}, depth={depth}")
     limit = (0.9 if config.family == "v1" else 0.0) if round_limit is None else round_limit
@@ -102,12 +95,9 @@ def v1_phi_table(base_size: int = 224) -> list[dict]:
 
 
 def derive_v2(target, base, max_eval_size: int = V2_MAX_EVAL_SIZE):
-    """The plain compound rule for the V2 config ``target`` (S, M or L) from ``base`` (V2-B0 or V2-S).
-
-    The (width, depth) are the ratios of the code comments' :data:`V2_CODE_COEFFICIENTS` (e.g. M from S:
-    1.6/1.4, 2.2/1.8); V2-B0 is ``v2_base_block`` unscaled. Only rule 1 (the 480 cap) is applied: the extra layers
-    and stage are what :func:`compare_stages` then finds missing. The head keeps the target's width (1280).
-    """
+    """The plain compound rule for ``target`` (V2-S, M or L) from ``base`` (V2-B0 or V2-S), with the code comments'
+    (width, depth) ratios (:data:`V2_CODE_COEFFICIENTS`) and only rule 1 (the 480 cap): the extra layers and stage
+    are what :func:`compare_stages` then finds missing. The head keeps the target's width."""
     for cfg in (target, base):
         if cfg.name not in V2_CODE_COEFFICIENTS:
             raise ConfigError(f"derive_v2 knows {', '.join(V2_CODE_COEFFICIENTS)}; got {cfg.name!r}")

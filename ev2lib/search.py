@@ -34,8 +34,7 @@ from .proxy import (LONG_PROXIES, PROXIES, ProxyTask, evaluate_candidate, proxy_
 from .stats import kendall_tau
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Strategies: propose(history) -> ModelConfig, deterministic given (seed, history)
+# --- Strategies: propose(history) -> ModelConfig, deterministic given (seed, history) -----------------------------
 
 
 class RandomSearch:
@@ -87,8 +86,7 @@ def strategy(name: str, space: SearchSpace, seed: int = 0, **kw):
     return STRATEGIES[name](space, seed, **kw)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Log: a header line, then one line per finished trial
+# --- Log: a header line, then one line per finished trial ---------------------------------------------------------
 
 
 def read_log(path: str | Path) -> tuple[dict | None, list[dict]]:
@@ -136,18 +134,14 @@ def pareto_front(trials: list[dict], keys=(("accuracy", 1), ("step_time", -1), (
     return [t for t in trials if not any(dominates(o, t) for o in trials if o is not t)]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Loop
+# --- Loop ---------------------------------------------------------------------------------------------------------
 
 
 def run_search(space: SearchSpace, trials: int, log: str | Path, proxy: ProxyTask = PROXIES["smoke"],
                strategy_name: str = "random", seed: int = 0, reward: Reward | None = None, train_fn=None,
                workers: int = 1, progress: bool = True, **strategy_kw) -> list[dict]:
-    """Run (or resume) a search of ``trials`` trials, logging each to ``log``; return every finished trial.
-
-    ``reward`` defaults to the paper's exponents relative to the backbone measured now (:meth:`Reward.relative_to`;
-    kept in the log, so a resumed search scores with the same reference). ``workers > 1`` runs trials on Ray.
-    """
+    """Run (or resume) a search of ``trials`` trials logged to ``log``; every finished trial. ``reward`` defaults to the
+    paper's exponents relative to the backbone measured now (kept in the log); ``workers > 1`` runs on Ray."""
     from tqdm.auto import tqdm
 
     log, strat = Path(log), strategy(strategy_name, space, seed, **strategy_kw)
@@ -198,8 +192,7 @@ def _ray_runner(workers: int):
     return lambda configs, proxy, train_fn: ray.get([remote.remote(c, proxy, train_fn) for c in configs])
 
 
-# ----------------------------------------------------------------------------------------------------------
-# CLI
+# --- CLI ----------------------------------------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,8 +14,7 @@ import statistics
 from .errors import ConfigError
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Student's t
+# --- Student's t --------------------------------------------------------------------------------------------------
 
 
 def _betainc(a: float, b: float, x: float) -> float:
@@ -66,8 +65,7 @@ def t_quantile(p: float, df: float) -> float:
     return (lo + hi) / 2
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Intervals over seeds
+# --- Intervals over seeds -----------------------------------------------------------------------------------------
 
 
 def interval(values, level: float = 0.95) -> dict:
@@ -117,8 +115,7 @@ def time_to_accuracy(fast: dict, base: dict, key: str = "train_seconds") -> dict
     return {**interval(ratios), "seeds_never_reached": missed}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Rank agreement
+# --- Rank agreement -----------------------------------------------------------------------------------------------
 
 
 def kendall_tau(x, y) -> float:
@@ -171,8 +168,7 @@ def kendall_tau_critical(n: int, alpha: float = 0.05) -> float:
     return next(t for t in taus if kendall_tau_p(t, n) <= alpha)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# A subset against the whole
+# --- A subset against the whole -----------------------------------------------------------------------------------
 
 
 def subset_test(values, subset, draws: int = 20000, seed: int = 0) -> float:

@@ -34,8 +34,7 @@ from .weights import weights_file
 __all__ = ["PROFILES", "TrainConfig", "make_config", "setup", "train_step", "evaluate", "train", "read_log"]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Setup
+# --- Setup --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -185,8 +184,7 @@ def resume(run: Run) -> None:
     run.log(event="resume", step=run.step)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# One step, evaluation
+# --- One step, evaluation -----------------------------------------------------------------------------------------
 
 
 def _autocast(device: torch.device, amp: str):
@@ -259,8 +257,7 @@ def evaluate_run(run: Run, epoch: float, final: bool, **extra) -> dict:
     return metrics
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The loop
+# --- The loop -----------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -295,13 +292,9 @@ def _schedule_for(progressive, cfg: TrainConfig, epochs: int):
 
 
 def train(cfg: TrainConfig, progressive=None, callbacks=()) -> dict:
-    """Train ``cfg.model`` on ``cfg.data``, resuming from ``<out>/checkpoint.pt`` if it exists.
-
-    ``progressive``: a schedule from :mod:`ev2lib.progressive` (``phase_at(epoch)``, applied every epoch) spanning
-    the run's epochs, or a function ``epochs -> schedule``. ``callbacks``: objects with optional
-    ``on_step_end(run)`` and ``on_epoch_end(run, metrics)``. Returns ``{"history", "config", "out", "source",
-    "steps"}``.
-    """
+    """Train ``cfg.model`` on ``cfg.data``, resuming from ``<out>/checkpoint.pt`` if it exists. ``progressive``: a
+    schedule (``phase_at(epoch)``) spanning the run's epochs, or a function ``epochs -> schedule``; ``callbacks``:
+    objects with ``on_step_end(run)`` / ``on_epoch_end(run, metrics)``. Returns history, config, out, source, steps."""
     from tqdm.auto import tqdm
 
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -372,8 +365,7 @@ def read_log(run: str | Path) -> list[dict]:
     return read_jsonl(path / "log.jsonl" if path.is_dir() else path)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Command line
+# --- Command line -------------------------------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,22 +19,16 @@ from .files import json_cache
 from .recipe import finetune_config
 from .stats import interval, paired
 
-# ----------------------------------------------------------------------------------------------------------
-# An offline transfer experiment: pretrain on CIFAR-10 classes 0-4, fine-tune on classes 5-9
+# --- An offline transfer experiment: pretrain on CIFAR-10 classes 0-4, fine-tune on classes 5-9 -------------------
 
 
 @dataclass(frozen=True)
 class TransferExperiment:
     """Does a pretrained network learn new classes from few images better than one trained from scratch with the
-    same budget? The source task is CIFAR-10's classes 0-4 (airplane, automobile, bird, cat, deer), the target
-    task classes 5-9 (dog, frog, horse, ship, truck), at several target training-set sizes.
-
-    Fine-tuning follows the paper's recipe scaled down (RMSProp, cosine to 0 over ``steps``, no weight decay, cutout
-    0.5, flips); the scratch baseline trains the same network for the same steps on the same images with the same
-    recipe. Each (method, size) gets the best learning rate of its grid on the validation split (seed 0); the test
-    split is scored once per run. The validation images are held out of all 50,000 before the class split, so the
-    source and target tasks never share an image.
-    """
+    same budget? Source task CIFAR-10's classes 0-4, target classes 5-9, at several target sizes. Fine-tuning is the
+    paper's recipe scaled down; the scratch arm trains the same network for the same steps on the same images.
+    Each (method, size) takes its grid's best learning rate on validation (held out of all 50,000 images before the
+    class split); the test split is scored once per run."""
 
     model: str = "efficientnetv2_cifar_half"
     data: str = "cifar10"

@@ -117,13 +117,9 @@ def weights_info(name: str, source: str) -> PretrainedWeights:
 
 
 def load_pretrained(model, source: str = "torchvision", path: str | None = None, progress: bool = True):
-    """Load published ImageNet weights into ``model`` (an :class:`ev2lib.EfficientNet`) and return it.
-
-    Downloads (and caches, in torch.hub's folder) the checkpoint for ``model.config.name`` from ``source``, or reads
-    ``path`` if given (for machines without internet: download the URL from :func:`weights_info` elsewhere).
-    A model with ``num_classes != 1000`` gets every weight but the classifier (transfer learning). The model's
-    ``normalization`` becomes the one the weights were trained with (:attr:`PretrainedWeights.mean` / ``std``).
-    """
+    """Load published ImageNet weights into ``model`` (downloaded and cached by torch.hub, or read from ``path`` on a
+    machine without internet: :func:`weights_info` gives the URL). ``num_classes != 1000``: every weight but the
+    classifier. ``model.normalization`` becomes the weights' own."""
     name = model.config.name
     info = weights_info(name, source)
     if model.padding != info.padding:
@@ -151,8 +147,7 @@ def load_pretrained(model, source: str = "torchvision", path: str | None = None,
     return model
 
 
-# ----------------------------------------------------------------------------------------------------------
-# ev2lib's own files: a training checkpoint, or the final weights a run writes (model.pt)
+# --- ev2lib's own files: a training checkpoint, or the final weights a run writes (model.pt) ----------------------
 
 # The official from-scratch input normalisation, (x - 128) / 128, in 0-255 pixel units: (mean, std) per channel.
 SCRATCH_NORMALIZATION = ((128.0, 128.0, 128.0), (128.0, 128.0, 128.0))
@@ -167,11 +162,9 @@ def weights_file(model) -> dict:
 
 
 def load_weights(path) -> tuple[dict, dict]:
-    """``(state dict, about)`` saved at ``path``. ``about`` holds ``model`` (its name, where known), ``padding``,
-    ``normalization`` and, for a bare state dict of tensors (which says neither), ``assumed`` (:data:`ASSUMED`).
-
-    Reads an ev2lib training checkpoint (its EMA weights when it kept an EMA, as the official
-    ``train.ft_init_ckpt`` reads the EMA variables), a ``model.pt`` (:func:`weights_file`) or a bare state dict."""
+    """``(state dict, about)`` at ``path``: a training checkpoint (its EMA weights when it kept an EMA, as the official
+    ``train.ft_init_ckpt``), a ``model.pt`` (:func:`weights_file`) or a bare state dict. ``about``: ``model``,
+    ``padding``, ``normalization`` and, for a bare state dict, what was ``assumed`` (:data:`ASSUMED`)."""
     state = load_torch(path)
     if isinstance(state, dict) and "model" in state and ("step" in state or "name" in state):
         weights = state["model"]

@@ -89,10 +89,10 @@ def test_short_hardware(desc, short):
 def test_table_formats_numbers_for_reading():
     df = pd.DataFrame({"model": ["V2-S", "B6"], "top-1": [84.3, 84.6], "params": [21_458_488, 43_040_704],
                        "acc": [0.8123, 0.5], "ratio": [1.23456, float("nan")]})
-    html = book.table(df, digits=3, percent=("acc",)).to_html()
-    assert "84.300000" not in html and ">84.3<" in html
-    assert ">21,458,488<" in html and ">81.2%<" in html and ">1.23<" in html
-    assert "nan" not in html.lower()
+    html = book.table(df, digits=1, percent=("acc",), caption="Two models (top-1 in %)").to_html()
+    assert "84.300000" not in html and ">84.3<" in html and ">84.6<" in html  # one precision a column
+    assert ">21,458,488<" in html and ">81.2%<" in html and ">1.2<" in html
+    assert "nan" not in html.lower() and "text-align: right" in html and "Two models (top-1 in %)" in html
 
 
 def test_run_box_links_colab_and_says_what_is_not_measured(tmp_path, monkeypatch, displayed):
@@ -101,7 +101,7 @@ def test_run_box_links_colab_and_says_what_is_not_measured(tmp_path, monkeypatch
     (html,) = displayed
     assert ("https://colab.research.google.com/github/someone/efficientnetv2-book/blob/main/book/ablations.ipynb"
             in html)
-    assert html.count("<li>") == 3 and "not measured yet" in html and 'class="admonition tip' in html
+    assert html.count("<li>") == 3 and "not measured yet" in html and 'class="run-it"' in html
 
 
 def test_run_box_shows_a_recorded_gpu_time(tmp_path, monkeypatch, displayed):

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def test_settings_compare_like_with_like():
     by_name = {name: rest for name, *rest in fast_path.SETTINGS}
     assert by_name["ev2lib"] == ["ev2lib", "bf16", True, True]
-    assert by_name["torchvision eager fp32"] == ["torchvision", "none", False, False]
+    assert by_name["torchvision eager"] == ["torchvision", "none", False, False]
     assert by_name["torchvision, same settings"][1:] == by_name["ev2lib"][1:]  # only the implementation differs
     n = {impl: sum(p.numel() for p in fast_path.build(impl).parameters()) for impl in ("ev2lib", "torchvision")}
     assert n["ev2lib"] == n["torchvision"] == 21_458_488
@@ -36,8 +36,9 @@ def test_every_row_times_the_loops_train_step_interleaved(monkeypatch):
     assert len(timed) == 9 and [c[:3] for c in timed[:3]] == [c[:3] for c in timed[3:6]]  # rows alternate
     assert {c[0] for c in timed[:3]} == {"ev2lib", "torchvision"} and all(str(c[3]) == "torch.uint8" for c in calls)
     med = {k: r["train_img_s"]["median"] for k, r in rec["runs"].items()}
-    assert rec["ratios"]["ev2lib / torchvision eager fp32"] == pytest.approx(med["ev2lib"] / med["torchvision eager fp32"])
+    assert rec["ratios"]["ev2lib / torchvision eager"] == pytest.approx(med["ev2lib"] / med["torchvision eager"])
     assert all(r["compile"] is False for r in rec["runs"].values())
+    assert [r["precision"] for r in rec["runs"].values()] == ["bf16", "fp32", "bf16"]  # no TF32 on a CPU
 
 
 def test_data_time_times_the_augmentation_it_names(monkeypatch):

@@ -1,6 +1,6 @@
-"""What a recorded result says, in words: the verdicts the chapters print, generated from the data and its
-intervals, never typed. A difference whose 95 % interval holds 0 is "no clear difference"; one seed has no interval
-and says so. Display only: no run imports this module, so changing it leaves every result current.
+"""What the recorded results say, in words generated from the data and its intervals, never typed: a difference
+whose 95 % interval holds 0 is "no clear difference", one seed has no interval and says so. One module a chapter
+(``report.ablations``, ...); no run imports them, so changing them leaves every result current.
 """
 from __future__ import annotations
 

@@ -1,0 +1,70 @@
+"""What the training recipe and its progressive schedules amount to (paper §5.1; §4.2, Algorithm 1, Table 6; official
+``hparams.py``, ``main.py``): the end of the paper's LR schedule, what a run leaves out of §5.1's recipe, a run in
+words, the paper's and the official phases and where they differ, the pixels a schedule processes."""
+from __future__ import annotations
+
+from . import pct
+from ..progressive import official_schedule, paper_schedule
+from ..recipe import lr_factor, make_config
+
+PAPER_PIECES = {"RMSProp": ("optimizer", "rmsprop"), "the exponential decay": ("lr_schedule", "exponential"),  # §5.1
+                "the EMA": ("ema_decay", 0), "RandAugment": ("randaug_magnitude", 0), "mixup": ("mixup_alpha", 0)}
+HEADERS = {"index": "phase", "start_epoch": "from epoch", "image_size": "image size (px)", "randaug_magnitude":
+           "RandAugment", "mixup_alpha": "mixup alpha", "cutmix_alpha": "CutMix alpha", "dropout": "dropout rate"}
+
+
+def schedule_end(profile: str = "full", steps_per_epoch: int = 100) -> str:
+    """The paper's schedule (the ``full`` profile) in words, with the learning rate at its last step."""
+    c = make_config(profile)
+    end = lr_factor(c.epochs * steps_per_epoch - 1, c, steps_per_epoch)  # its last step
+    return (f"The paper's schedule (peak {c.lr:g}, a {c.warmup_epochs:g}-epoch warm-up, then ×{c.decay_rate:g} every "
+            f"{c.decay_epochs:g} epochs) ends its {c.epochs} epochs at {pct(end, 2)} of the peak, a learning rate of "
+            f"{c.lr * end:.4f}.")
+
+
+def left_out(config: dict) -> list[str]:
+    """The pieces of §5.1's recipe a run's config leaves out (a string must match; a number must be above 0)."""
+    return [name for name, (key, on) in PAPER_PIECES.items() if (config[key] != on if on else not config[key])]
+
+
+def run_words(config: dict, history: list, source: str = "") -> str:
+    """A run's size and result: images, epochs, steps, batch, accuracy per epoch, time (CPU time where logged)."""
+    last, data = history[-1], source.split(" /")[0].split(" (")[0]  # no path (older records end with one), no file
+    images = f"{config['train_subset']:,} training images" if config["train_subset"] else "every training image"
+    cpu = f" ({last['train_cpu_seconds'] / 60:.1f} CPU min)" if last.get("train_cpu_seconds") else ""
+    return (f"{config['model']} trained on {images} ({data}) for {last['epoch']:g} epochs, {last['step']:,} steps "
+            f"of {config['batch_size']}: {pct(last['test_acc'])} test accuracy at the end (" +
+            ", ".join(pct(h["test_acc"]) for h in history) + f" after each epoch), {last['train_seconds'] / 60:.1f} "
+            f"min of training{cpu}, {last['train_seconds'] / last['step']:.2f} s a step; one seed, so no interval.")
+
+
+def phase_frame(variants, epochs: int = 350):
+    """The phases of the paper's (Table 6) and the official schedules per variant, with readable headers."""
+    import pandas as pd
+    rows = [{"variant": "V2-" + v.split("_")[-1].upper(), "schedule": s.name.split(" (")[0], **p.as_dict()}
+            for v in variants for s in (paper_schedule(v, epochs), official_schedule(v, epochs)) for p in s.phases()]
+    df = pd.DataFrame(rows).drop(columns="end_epoch").rename(columns=HEADERS)
+    return df.assign(phase=df["phase"] + 1)
+
+
+def words(s) -> list[str]:
+    """A schedule's sizes and regularization: ["128/184/240/300 px", "RandAugment 5 → 15", "no mixup", ...]."""
+    (a, b), out = (s.phase(0), s.phases()[-1]), ["/".join(str(p.image_size) for p in s.phases()) + " px"]
+    for n, k in (("RandAugment", "randaug_magnitude"), ("mixup", "mixup_alpha"), ("CutMix", "cutmix_alpha"),
+                 ("dropout", "dropout")):
+        lo, hi = getattr(a, k), getattr(b, k)
+        out.append(f"{n} unchanged" if hi is None else f"no {n}" if not hi else f"{n} {hi:g} throughout" if lo == hi
+                   else f"{n} {lo:g} → {hi:g}")
+    return out
+
+
+def differences(variant: str, paper=None, code=None) -> list[str]:
+    """Where the official (``code``) schedule departs from the paper's, as "Y (paper: X)" from :func:`words`."""
+    paper, code = paper or paper_schedule(variant), code or official_schedule(variant)
+    return [f"{y} (paper: {x.removeprefix(y.split()[0] + ' ')})" for x, y in zip(words(paper), words(code)) if x != y]
+
+
+def pixel_share(s) -> float:
+    """The pixels a schedule processes relative to every epoch at its last phase's size (sum of epochs × size²)."""
+    return sum((p.end_epoch - p.start_epoch) * p.image_size ** 2 for p in s.phases()) / (
+        s.total_epochs * s.phases()[-1].image_size ** 2)
