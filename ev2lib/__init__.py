@@ -3,13 +3,8 @@
     import ev2lib
     model = ev2lib.create_model("efficientnetv2_s", num_classes=10)
 
-One concept per module, imports pointing down the README's map: ``errors``, ``files``, ``stats``, ``results``;
-the network (``scaling``, ``configs``, ``blocks``, ``weights``, ``model``, ``summary``); the input
-(``randaugment``, ``augment``, ``data``); training (``progressive``, ``recipe``, ``checkpoint``, ``train``,
-``bench``, ``fast_path``); search (``nas``, ``proxy``, ``search``); experiments (``ablations``, ``transfer``); what
-the chapters say and show (``report``, ``book``; no run imports them). Modules with a command line run as
-``python -m ev2lib.<module>``.
-"""
+One concept per module, imports pointing down the README's map (no run imports ``report`` or ``book``, what the
+chapters say and show). Modules with a command line run as ``python -m ev2lib.<module>``."""
 __version__ = "0.2.0"
 
 from . import blocks, configs  # noqa: E402,F401

@@ -1,18 +1,14 @@
 """Small-scale ablations of progressive learning and of the V2 design (paper §4.1, §5.1, §6.2, §6.3; Tables 5, 7,
 12, 13, Figure 1), trained with :func:`ev2lib.train.train` on a subset of CIFAR-10.
 
-**A regime where regularization can help.** Every table first trains the fixed size at every level of
-:attr:`AblationProfile.levels` (none up to Table 6's ranges) and records a *gate*: unregularized, the network fits its
-training images (>= ``min_train_acc``), and the level chosen on validation (L*) beats none on validation beyond the
-seed noise; :func:`calibrate` records the gate of candidate regimes. **Table 12**: Algorithm 1 up to L* (both arms
-end at the same regularization) against the fixed size at L*, and a fixed arm given the progressive run's time.
-**Table 13**: adaptive vs constant (L*) regularization for progressive and random resize (sizes per seed), and a
-control at the adaptive arm's time-averaged level. **Table 5**: size x RandAugment magnitude, Translate/Cutout
-relative and in official pixels. **Table 7**: V1-shaped vs V2-shaped at matched parameters, at L*.
-
-Choices on validation, the test split once per run, comparisons paired by seed with 95 % intervals. Time: on a CPU
-the CPU seconds of a one-thread process, on a GPU wall seconds. Finished runs are cached under
-``cache/<code digest>-<profile digest>/`` by what they train: tables share runs, a stopped run continues.
+**A regime where regularization can help.** Every table first trains the fixed size at each of
+:attr:`AblationProfile.levels` and records a *gate*: unregularized, the network fits its training images, and the
+level chosen on validation (L*) beats none beyond the seed noise (:func:`calibrate` records it for candidate regimes).
+**Table 12**: Algorithm 1 up to L* against the fixed size at L* (same end point), and a fixed arm given the progressive
+run's time (same budget). **Table 13**: adaptive vs constant L* for progressive and random resize, and a control at
+the adaptive arm's mean level. **Table 5**: size x RandAugment magnitude. **Table 7**: V1- vs V2-shaped at L*.
+Choices on validation, the test split once a run, pairs by seed with 95 % intervals; time in CPU seconds of one
+thread on a CPU, wall seconds on a GPU. Runs are cached under ``cache/<code digest>-<profile digest>/``.
 """
 from __future__ import annotations
 
@@ -82,9 +78,7 @@ PROFILES = {
                              random_every=1, seeds=(0, 1), table5_seeds=(0,), one_cell=True),
     # The CPU reference (ci/cpu_reference.sh, one-thread processes side by side on 2 cores).
     "cpu-reference": AblationProfile(),
-    # One GPU (the GPU kit's table12 and v1_v2 sections; a reader's Colab): EfficientNetV2-B0 on CIFAR-10 upsampled,
-    # Algorithm 1 over 64 -> 128 px scored at 128; V1-B0 for Table 7 (not parameter-matched: 5.3M vs 7.1M). Sized
-    # for about four minutes of an H100 (an estimate until the GPU kit times it).
+    # One GPU (the kit's table12, v1_v2): V2-B0, CIFAR-10 upsampled, 64 -> 128 px; V1-B0 for Table 7 (5.3M vs 7.1M).
     "colab": AblationProfile(model="efficientnetv2_b0", v1_model="efficientnet_b0", train_subset=10000,
                              val_images=5000, epochs=8, eval_every=2, batch_size=256, lr=0.4, sizes=(64, 96, 128),
                              pixel_side=128, random_every=2, size_multiple=8, seeds=(0, 1), table5_seeds=(0, 1)),
@@ -106,7 +100,6 @@ def get_profile(profile: str | AblationProfile, **overrides) -> AblationProfile:
 
 
 # --- Schedules ----------------------------------------------------------------------------------------------------
-
 
 def _reg(level: tuple) -> dict:
     ra, mixup, dropout = level
@@ -143,7 +136,6 @@ def random_resize(p: AblationProfile, top: str, adaptive_reg: bool):
 
 # --- Running cells ------------------------------------------------------------------------------------------------
 
-
 class _TrainAccuracy:
     """Callback: after the last epoch, accuracy on up to ``n`` training images without augmentation, at the
     evaluation size (with the test accuracy: does the run fit its training images?), and the parameter count."""
@@ -154,7 +146,6 @@ class _TrainAccuracy:
     def on_epoch_end(self, run, metrics):
         from .augment import eval_resize
         from .train import evaluate
-
         self.params = sum(t.numel() for t in run.model.parameters())
         if metrics["epoch"] == self.epochs and run.data.in_memory:
             xs, ys = (t[: self.n] for t in run.data.train)
@@ -168,7 +159,6 @@ def run_cell(schedule, p: AblationProfile, seed: int, out: str | Path, eval_size
     """Train one cell for one seed (``model``, default ``p.model``), scoring validation every ``eval_every`` epochs
     (at ``eval_size``), test and (un-augmented) training accuracy at the end."""
     from .train import make_config, train
-
     out, epochs = Path(out), schedule.total_epochs
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: train() would resume an old checkpoint
     cfg = make_config("smoke", model=model or p.model, data=p.data, train_subset=p.train_subset,
@@ -193,7 +183,6 @@ class Runner:
 
     def __init__(self, p: AblationProfile, cache: str | Path | None, progress: bool, tmp: str):
         from .results import code_digest
-
         self.p, self.progress, self.tmp, self.trained, self.warmed = p, progress, Path(tmp), 0, set()
         self.folder = Path(cache) / f"{code_digest('ablations')}-{p.digest()}" if cache else None
 
@@ -201,10 +190,8 @@ class Runner:
         return self.cells([(name, coords, schedule, kw)])[0]
 
     def cells(self, specs) -> list[dict]:
-        """The records of ``(name, coords, schedule, kw)`` cells (``kw``: ``seeds``, ``model``, ``size``,
-        ``fixed_side``), one run per seed of ``schedule`` (or of ``schedule(seed)``), trained or from the cache.
-        Seed-major: the cells compared are trained in turn, seed after seed, so a drift of the machine's speed
-        touches them alike."""
+        """The records of ``(name, coords, schedule, kw)`` cells, one run per seed (``kw``: ``seeds``, ``model``,
+        ``size``, ``fixed_side``), trained or cached, seed-major: a drift of the machine's speed touches all alike."""
         runs = {i: [] for i in range(len(specs))}
         seeds = sorted({s for _, _, _, kw in specs for s in kw.get("seeds") or self.p.seeds})
         for seed in seeds:
@@ -240,7 +227,6 @@ class Runner:
 
 
 # --- The tables: each returns (cells, summary); choices on validation accuracy, reports on test -------------------
-
 
 def _div(x, y):
     return x / y
@@ -358,7 +344,6 @@ def calibrate(profile: str | AblationProfile = "smoke", cache=None, progress: bo
     which regime lets regularization help, and what a run costs. The candidates are the profile's own regime (the
     one chosen) and one with twice the training images."""
     from .results import hardware
-
     p, rows = get_profile(profile), []
     for images, epochs in candidates or ((p.train_subset, p.epochs), (2 * p.train_subset, p.epochs)):
         q = p.replace(train_subset=images, epochs=epochs, seeds=p.seeds[:2], levels=dict(list(p.levels.items())[:2]))
@@ -376,7 +361,6 @@ def run_table(table: int, profile: str | AblationProfile = "smoke", cache: str |
     """Run every cell of ``table`` for every seed; returns what :func:`save_table` writes. ``cache``: a folder where
     each finished run is kept (under the code's and the profile's digests) and reused by later calls."""
     from .results import hardware
-
     if table not in BUILDERS:
         raise ConfigError(f"ablation table must be one of {TABLES}, got {table!r}")
     p, (device, kind), t0 = get_profile(profile, **overrides), hardware(), time.time()
@@ -397,7 +381,6 @@ def result_name(table: int | str, device_type: str | None = None) -> str:
 
 def save_table(record: dict, profile: str, command: str, directory=None) -> Path:
     from . import results
-
     return results.save(result_name(record["table"]), record, config=record["profile"], command=command,
                         profile=profile, directory=directory)
 

@@ -1,14 +1,10 @@
-"""The training augmentation of the recipe (paper §5.1; official ``preprocessing.py``, ``datasets.py``) and the
-evaluation resize, one image at a time or a whole batch at once: a crop resized to the training size S, a flip,
-RandAugment (:mod:`ev2lib.randaugment`), optionally the fine-tuning cutout (§5.3), then mixup / CutMix.
+"""The training augmentation of the recipe (paper §5.1; official ``preprocessing.py``) and the evaluation resize: a
+crop resized to the training size S, a flip, RandAugment, optionally the fine-tuning cutout (§5.3), mixup / CutMix.
 
 * :func:`augment` -- one uint8 (3, H, W) image on the CPU from its own seed (image folders, DataLoader workers);
-* :func:`augment_batch` -- a uint8 (B, 3, H, W) batch on the device that holds it: :func:`draw` makes every random
-  choice per sample from one generator there, then each step is one batched operation.
-
-The two paths draw the same distributions (tests/test_augment.py) from different streams; given the same draws the
-ops agree exactly (geometric ops up to ties of nearest neighbour), the resizes within a grey level. Every draw
-comes from the seed passed in, never from the global random state.
+* :func:`augment_batch` -- a uint8 (B, 3, H, W) batch on its device: :func:`draw` makes every choice per sample
+  from one generator there, then each step is one batched operation.
+Both draw the same distributions (tests/test_augment.py) from different streams, never from global random state.
 """
 from __future__ import annotations
 
@@ -69,16 +65,13 @@ def eval_resize(x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
 
 # --- A whole batch on its device ----------------------------------------------------------------------------------
 
-
 def draw(batch: int, height: int, width: int, seed: int, *, image_size: int, crop: str = "rrc",
          randaug_magnitude: float = 0.0, cutout: float = 0.0, randaug_fixed_side: int = 0,
          device="cpu") -> dict[str, torch.Tensor]:
     """Every random parameter of a batch, per sample, from ``seed`` alone, in a fixed order whatever the settings:
-    ``box`` int64 (B, 4) top, left, height, width of the crop ("rrc": torchvision's draw, 10 tries then a centre
-    crop; "pad": offsets 0-8 into the image padded by 4; "resize": the whole image), ``flip`` (B,), ``ops`` (B, 2)
-    indices into :data:`ev2lib.randaugment.OPS`, ``signs`` and ``ra_args`` (B, 2) their signed arguments at S,
-    ``op_centres`` (B, 2, 2) RandAugment's Cutout boxes, ``cutout_centres`` (B, 2) and ``cutout_fill`` (B, 3, S, S)
-    the fine-tuning cutout's."""
+    ``box`` (B, 4) crop top, left, height, width; ``flip`` (B,); ``ops``, ``signs``, ``ra_args`` (B, 2) RandAugment's
+    ops (:data:`ev2lib.randaugment.OPS`) and signed arguments at S, ``op_centres`` (B, 2, 2) its Cutout boxes;
+    ``cutout_centres`` (B, 2) and ``cutout_fill`` (B, 3, S, S) the fine-tuning cutout's."""
     if crop not in CROPS:
         raise DataError(f"crop must be one of {CROPS}, got {crop!r}")
     g = torch.Generator(device=device).manual_seed(int(seed))
@@ -151,10 +144,9 @@ def augment_batch(x: torch.Tensor, seed: int, *, image_size: int, randaug_magnit
 
 
 def _crop_resize(x: torch.Tensor, box: torch.Tensor, crop: str, S: int) -> torch.Tensor:
-    """uint8 (B, 3, H, W), boxes (B, 4) -> uint8 (B, 3, S, S). "rrc": one ``roi_align`` call crops and resizes
-    every box bilinearly (``aligned=True``; shrinking averages ceil(box/S) samples a pixel), about a grey level from
-    the per-image crop-then-resize (it reads just outside the box at its edges; a box filter, not a triangle one).
-    "pad": each window of the padded batch gathered exactly, then like "resize" one antialiased interpolate."""
+    """uint8 (B, 3, H, W), boxes (B, 4) -> uint8 (B, 3, S, S). "rrc": one ``roi_align`` crops and resizes every box
+    (``aligned=True``; a box filter, about a grey level from the per-image path). "pad": each window of the padded
+    batch gathered exactly, then like "resize" one antialiased interpolate."""
     B, _, H, W = x.shape
     top, left, h, w = box.unbind(1)
     if crop == "rrc":  # rois (B, 5): sample index, then the box's x1, y1, x2, y2 in pixel edges
@@ -172,14 +164,12 @@ def _crop_resize(x: torch.Tensor, box: torch.Tensor, crop: str, S: int) -> torch
 
 # --- Mixup / CutMix -----------------------------------------------------------------------------------------------
 
-
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float,
               seed: int = 0):
-    """(B, 3, H, W), (B,) int -> float images and (B, num_classes) soft labels (unchanged if both alphas are 0).
-    One lambda ~ Beta(alpha, alpha) per mixer, each image mixed with its neighbour ``roll(1)``; with both alphas > 0
-    (and B >= 4) mixup takes the first half of the batch and CutMix the second (official datasets.py; it mixes with
-    the reversed batch and draws lambda per sample). CutMix pastes the neighbour's box of side sqrt(1 - lambda),
-    clipped; the labels weigh the mixed proportions. Drawn on the host from ``seed``: no wait for the device."""
+    """(B, 3, H, W), (B,) int -> float images and (B, num_classes) soft labels (unchanged if both alphas are 0). One
+    lambda ~ Beta(alpha, alpha) per mixer, each image mixed with its neighbour ``roll(1)``; with both alphas > 0 mixup
+    takes the first half of the batch and CutMix (a box of side sqrt(1 - lambda)) the second, as the official
+    datasets.py. Drawn on the host from ``seed``: no wait for the device."""
     mixers = [(kind, a) for kind, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
     if not mixers:
         return x, y

@@ -2,17 +2,13 @@
 
     python -m ev2lib.bench --model efficientnet_b6 --image-size 380 512 --batch-size 12 max --device cuda
 
-* **Training throughput** (images/s): steps of forward, cross-entropy, backward and SGD on random data, ``warmup``
-  untimed, then ``repeats`` timed one by one (CUDA events on a GPU): median, quartiles, min and max.
-* **Inference**: eval-mode forward passes at the same batch (throughput) and at batch 1 (latency, ms).
-* **Peak memory**. CUDA: ``max_memory_allocated`` over a step (weights, gradients, optimizer state, activations).
-  CPU has no allocator statistics: an *estimate of the same quantity*, the bytes autograd saves (``ev2lib.summary``,
-  batch 1, scaled) plus 3 x the parameter bytes; ``memory_kind`` says which.
-* **Largest batch** (Table 2's "OOM"). CUDA: double until it does not fit (any out-of-memory failure,
-  :func:`is_out_of_memory`), then bisect. CPU: the largest batch whose estimate fits ``memory_budget`` (8 GiB).
-* **Per-stage time** (:func:`stage_times`): forward+backward ms of each Table 4 stage on its real input (§3.2).
-
-``dtype`` is fp32, bf16 or fp16 (autocast; fp16 adds a GradScaler on CUDA); ``channels_last`` switches to NHWC.
+* **Training throughput** (images/s): forward, cross-entropy, backward and SGD on random data, ``warmup`` untimed,
+  ``repeats`` timed one by one (CUDA events on a GPU); **inference**: eval-mode batches and batch-1 latency (ms).
+* **Peak memory**: CUDA's ``max_memory_allocated`` over a step; on a CPU an *estimate of the same quantity*, the
+  bytes autograd saves (``ev2lib.summary``) plus 3 x the parameter bytes (``memory_kind`` says which).
+* **Largest batch** (Table 2's "OOM"): on CUDA double until out of memory (:func:`is_out_of_memory`), then bisect;
+  on a CPU the largest batch whose estimate fits ``memory_budget``. **Per-stage time** (:func:`stage_times`).
+``dtype``: fp32, bf16 or fp16 (autocast; fp16 adds a GradScaler on CUDA); ``channels_last`` switches to NHWC.
 """
 from __future__ import annotations
 
@@ -39,7 +35,6 @@ def precision(device: str = "cuda") -> str:
     (:func:`ev2lib.recipe.resolve_amp`): bf16 where the hardware runs it natively, fp16 on an older GPU (a T4,
     whose bf16 is emulated), fp32 on a CPU without bf16."""
     from .recipe import resolve_amp
-
     return {"none": "fp32"}.get(amp := resolve_amp("auto", torch.device(device)), amp)
 CPU_MEMORY_BUDGET = 8 * 2**30
 
@@ -138,7 +133,6 @@ def stage_times(model: EfficientNet, image_size: int, batch_size: int = 8, dtype
     alone by ``torch.utils.benchmark.Timer`` (2 warm-ups, ``repeats`` calls) on the previous stages' output with
     ``requires_grad`` set, the backward pass from a gradient of ones."""
     from torch.utils.benchmark import Timer  # imported here: it imports cpp_extension, which may warn on stderr
-
     x, _ = _inputs(model, batch_size, image_size, channels_last)
     model.train()
     out = []
@@ -185,8 +179,7 @@ def peak_memory(model: EfficientNet, batch_size: int, image_size: int, dtype: st
     return fixed + per_image * batch_size, "cpu estimate: saved-for-backward + 3x params"
 
 
-# Near full memory CUDA fails in more than one way: the caching allocator's OutOfMemoryError (torch.cuda's before
-# torch 2.4), or cuDNN's own allocation inside a RuntimeError. Each means "does not fit".
+# Near full memory CUDA fails as an OutOfMemoryError or as cuDNN's own allocation in a RuntimeError: "does not fit".
 OOM_MESSAGES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_SUPPORTED", "unable to find an engine",
                 "CUBLAS_STATUS_ALLOC_FAILED")
 

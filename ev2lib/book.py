@@ -28,7 +28,6 @@ def style() -> None:
     :data:`FONT_PT` points, figures :data:`TEXT_WIDTH` inches wide at :data:`DPI`, constrained layout."""
     import matplotlib as mpl
     import seaborn as sns
-
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
     sizes = ("font.size", "axes.titlesize", "axes.labelsize", "xtick.labelsize", "ytick.labelsize", "legend.fontsize",
              "legend.title_fontsize", "figure.labelsize")
@@ -41,7 +40,6 @@ def subplots(n: int = 1, height: float = 3.4, **kw):
     """``n`` panels, at most two side by side (more go on further rows), as wide as the text column; returns
     ``(figure, [axes])``. ``height`` is per row, in inches; ``kw`` go to :func:`matplotlib.pyplot.subplots`."""
     import matplotlib.pyplot as plt
-
     if n < 1:
         raise ConfigError(f"subplots needs at least one panel, got n={n}")
     ncols = min(n, 2)
@@ -55,7 +53,6 @@ def subplots(n: int = 1, height: float = 3.4, **kw):
 
 # --- Tables and labels --------------------------------------------------------------------------------------------
 
-
 def short_hardware(desc: str) -> str:
     """A short device label for tables, e.g. "Intel(R) Xeon(R) Processor @ 2.50GHz (2 threads)" ->
     "Intel Xeon (2 threads)", "NVIDIA H100 80GB HBM3" -> "NVIDIA H100"; the full string belongs in a caption."""
@@ -67,12 +64,10 @@ def short_hardware(desc: str) -> str:
 
 
 def table(df, digits: int | dict = 1, percent=(), index: bool = False, caption: str = ""):
-    """A DataFrame for reading (a pandas Styler): float columns at ``digits`` decimals (one precision a column; a
-    dict gives some columns their own, e.g. a learning rate's), thousands separators, the ``percent`` columns
-    (fractions) as percentages, empty cells blank, numbers right-aligned, and a ``caption`` (what, in which units).
-    Headers are what the reader sees: words with units ("test accuracy (%)"), never code names."""
+    """A DataFrame for reading (a Styler): floats at ``digits`` decimals (a dict: per column), thousands separators,
+    ``percent`` columns (fractions) as percentages, blanks for empty cells, numbers right-aligned, a ``caption`` (what,
+    in which units). Headers are words with units ("test accuracy (%)"), never code names."""
     import pandas as pd
-
     fmt, places = {}, (lambda col: digits.get(col, 1)) if isinstance(digits, dict) else (lambda col: digits)
     for col in df.columns:
         if col in percent:
@@ -89,12 +84,10 @@ def table(df, digits: int | dict = 1, percent=(), index: bool = False, caption: 
 
 # --- This run: the live computation of the chosen profile, apart from the references ------------------------------
 
-
 def _html(item) -> str:
     """An item of :func:`this_run` as HTML: a matplotlib figure (as a PNG), a DataFrame or Styler, or plain text."""
     import base64
     import io
-
     if hasattr(item, "savefig"):
         import matplotlib.pyplot as plt
 
@@ -114,9 +107,7 @@ def this_run(profile: str, *items, hardware: str | None = None) -> None:
     grey at the smoke profile ("checks that the code runs; the numbers mean nothing"), open at colab and full, where
     it is a real result. ``items``: figures (drawn on their own axes, never beside a reference), tables, text."""
     from html import escape
-
     from IPython.display import HTML, display
-
     smoke = profile == "smoke"
     where = escape(hardware or results.hardware()[0])
     title = (f"This run (smoke profile, {where}): checks that the code runs; its numbers mean nothing" if smoke else
@@ -138,9 +129,7 @@ def run_box(chapter: str, repo: str, branch: str = "main") -> None:
     """Display the chapter's "run it" note: an Open-in-Colab link to ``book/<chapter>.ipynb`` of ``repo``, what each
     profile does and how long it took where measured (GPU times from the recorded ``book_times_gpu``)."""
     from html import escape
-
     from IPython.display import HTML, display
-
     colab = f"https://colab.research.google.com/github/{repo.split('github.com/')[-1]}/blob/{branch}/book/{chapter}.ipynb"
     try:
         gpu = results.load("book_times_gpu")
@@ -162,7 +151,6 @@ def findings(items, hardware: str | None = None) -> None:
     """Display the "what we found" list: ``items`` are Markdown sentences that state results in numbers; ``hardware``
     names where the numbers were measured (shown once, below the list)."""
     from IPython.display import Markdown, display
-
     items = [i for i in items if i]
     body = "\n".join(f"- {i}" for i in items) if items else "- Nothing recorded yet: `bash ci/cpu_reference.sh`."
     display(Markdown(body + (f"\n\n*Measured on {hardware}.*" if hardware else "")))
@@ -177,14 +165,12 @@ def run_caption(what: str = "computed in this run", device: str | None = None) -
 def say(text: str) -> None:
     """Display a sentence (Markdown) as a paragraph of the page: a report's verdict, a computed fact."""
     from IPython.display import Markdown, display
-
     display(Markdown(text))
 
 
 def show_caption(text: str) -> None:
     """Display ``text`` as a small italic figure caption (Markdown, so it renders in the book and in Jupyter)."""
     from IPython.display import Markdown, display
-
     display(Markdown(f"*{text}*"))
 
 
@@ -192,9 +178,7 @@ def stage_table(config: ModelConfig | str):
     """The Table 4 view of a config (a DataFrame: Stage, Operator, Stride, #Channels, #Layers), from
     :func:`ev2lib.summary.stage_rows`: stage 0 the stem, the last row the head (stride "-"), as in the paper."""
     import pandas as pd
-
     from .summary import stage_rows
-
     rows = [(i, op, "-" if stride is None else stride, ch, n) for i, op, stride, ch, n in stage_rows(get_config(config))]
     return pd.DataFrame(rows, columns=["Stage", "Operator", "Stride", "#Channels", "#Layers"]).set_index("Stage")
 
@@ -202,9 +186,7 @@ def stage_table(config: ModelConfig | str):
 def summary_frame(rows, variant: str = "", image_size: int | None = None):
     """:func:`ev2lib.summary.summarize` rows as a DataFrame with readable units (M params, G MACs, MiB)."""
     import pandas as pd
-
     from .summary import as_records
-
     df = pd.DataFrame(as_records(rows))
     df["params (M)"] = df["params"] / 1e6
     df["MACs (G)"] = df["macs"] / 1e9
@@ -221,7 +203,6 @@ def plot_stage_costs(df, hue: str = "variant", title: str = ""):
     panels a row; the panel titles name the quantity and the legend fills the empty fourth quarter. Keep ``title``
     short and say where the numbers came from in a caption below (:func:`show_caption`)."""
     import seaborn as sns
-
     metrics = ["params (M)", "MACs (G)", "activation memory (MiB)"]
     fig, axes = subplots(3, height=3.0)
     for ax, m in zip(axes, metrics):
@@ -242,7 +223,6 @@ def explorer(fn, static: bool = True, **controls):
     defaults (the static book has no kernel: its page always shows a real table and figure). Returns the widget."""
     import ipywidgets as widgets
     from IPython.display import Markdown, display
-
     w = widgets.interactive(fn, **controls)
     display(w)
     if static:

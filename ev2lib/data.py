@@ -1,14 +1,11 @@
 """Datasets and the batches the training loop draws from them (paper §5.1; official ``datasets.py``).
 
-:class:`TrainData` serves two back ends: **in memory** (a split as one uint8 tensor (N, 3, H, W): CIFAR-10/100, the
-shared offline CIFAR-10 JPEG archive, generated data) and **files** (torchvision datasets of PIL images, augmented
-in persistent ``DataLoader`` workers). Every augmentation draw comes from seeds of a generator seeded by (seed,
-epoch, step), so a resumed run sees the same batches, and under DDP every rank computes the same global batch and
-keeps its slice (file datasets mix within each rank's slice). Images leave in pixel units (uint8, or float 0-255
-after mixing); the model's ``normalize`` turns them into inputs.
-
-``$EV2_DATA_DIR`` holds the shared ``cifar10_jpeg.npz`` (then ``cifar10`` means that archive, and the run's
-``source`` says so); downloads go to ``root`` (``$EV2_DATASETS``, ``./datasets``), caches to ``$EV2_CACHE_DIR``.
+:class:`TrainData` serves a split **in memory** (one uint8 (N, 3, H, W) tensor: CIFAR, the shared offline CIFAR-10
+archive, generated data) or from **files** (torchvision datasets of PIL images, augmented in ``DataLoader`` workers).
+Augmentation draws come from a generator seeded by (seed, epoch, step): a resumed run sees the same batches, and
+under DDP every rank computes the same global batch and keeps its slice. Images leave in pixel units; the model's
+``normalize`` turns them into inputs. ``$EV2_DATA_DIR`` holds the shared ``cifar10_jpeg.npz``; downloads go to
+``root`` (``$EV2_DATASETS``, ``./datasets``), caches to ``$EV2_CACHE_DIR``.
 """
 from __future__ import annotations
 
@@ -34,7 +31,6 @@ SHARED_SOURCE = "CIFAR-10, shared JPEG archive (cifar10_jpeg.npz)"
 
 # --- Sources ------------------------------------------------------------------------------------------------------
 
-
 def shared_cifar10_path() -> Path | None:
     """The offline CIFAR-10 archive ``$EV2_DATA_DIR/cifar10_jpeg.npz``; None if unset or absent."""
     d = os.environ.get("EV2_DATA_DIR")
@@ -43,7 +39,6 @@ def shared_cifar10_path() -> Path | None:
 
 def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     from torchvision.io import decode_jpeg
-
     data = torch.from_numpy(blob)
     return torch.stack(decode_jpeg([data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)])).numpy()
 
@@ -59,9 +54,8 @@ def _read_cache(cache: Path) -> dict | None:
 
 
 def load_shared_cifar10(path: str | Path | None = None) -> dict:
-    """Decode the shared CIFAR-10 JPEG archive once (about 10 s) and cache the uint8 arrays.
-
-    Returns ``{"train": (x, y), "test": (x, y), "classes": [...]}``, x uint8 (N, 3, 32, 32), y int64."""
+    """Decode the shared CIFAR-10 JPEG archive once (about 10 s) and cache it: ``{"train": (x, y), "test": (x, y),
+    "classes": [...]}``, x uint8 (N, 3, 32, 32), y int64."""
     path = Path(path) if path else shared_cifar10_path()
     if path is None or not path.is_file():
         raise DataError("the offline CIFAR-10 archive cifar10_jpeg.npz was not found: set EV2_DATA_DIR to its folder "
@@ -99,7 +93,6 @@ def synthetic(n: int, num_classes: int = 10, size: int = 32, seed: int = 0) -> t
 def torchvision_dataset(name: str, split: str, root: str | Path, download: bool = True):
     """A ``torchvision.datasets`` split by ev2lib name; a failed download becomes one :class:`DataError`."""
     from torchvision import datasets as tvd
-
     train = split == "train"
     if name.startswith("imagefolder:"):
         folder = Path(name.split(":", 1)[1]) / ("train" if train else "val")
@@ -141,7 +134,6 @@ def _num_classes(ds) -> int:
 
 # --- The training data the loop uses ------------------------------------------------------------------------------
 
-
 def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
@@ -169,10 +161,9 @@ class _SeededFiles(torch.utils.data.Dataset):
 
 class TrainData:
     """Train and test splits behind one interface: :meth:`set_augment`, :meth:`train_batches`, :meth:`eval_batches`.
-    ``batch_size`` is per process (with DDP each rank keeps its slice of every global batch); ``crop`` is "rrc" (the
-    official random resized crop) or "pad" (CIFAR's pad-4 crop). ``augment_device`` (in-memory data only) keeps the
-    uint8 images on that device and augments each batch there (:func:`ev2lib.augment.augment_batch`, the same
-    distribution from the same per-step seed); None augments one image at a time on the CPU."""
+    ``batch_size`` is per process; ``crop`` "rrc" (random resized crop) or "pad" (CIFAR's pad-4 crop).
+    ``augment_device`` (in-memory data) augments each batch on that device (:func:`ev2lib.augment.augment_batch`, the
+    same distribution from the same per-step seed); None augments one image at a time on the CPU."""
 
     def __init__(self, train, test, num_classes: int, *, image_size: int, eval_size: int | None = None,
                  batch_size: int = 128, crop: str = "rrc", seed: int = 0, rank: int = 0, world: int = 1,
@@ -371,11 +362,10 @@ def load_data(name: str, *, image_size: int, eval_size: int | None = None, batch
               root: str | Path | None = None, download: bool = True, train_subset: int = 0, eval_subset: int = 0,
               val_images: int = 0, classes="", seed: int = 0, rank: int = 0, world: int = 1,
               num_workers: int = 0, augment_device=None) -> TrainData:
-    """Build :class:`TrainData` for a dataset name (:data:`DATASETS`). ``cifar10`` is the shared offline archive when
-    ``$EV2_DATA_DIR`` has it, else torchvision's download; ``synthetic[:<n>]`` generates data. ``val_images`` holds that
-    many training images out (the same for every seed), then ``train_subset`` / ``eval_subset`` keep that many of
-    the rest / of the test images. ``classes`` (e.g. "5-9") keeps those classes, relabelled from 0, in every split,
-    after the hold-out: runs on classes 0-4 and 5-9 never share an image."""
+    """:class:`TrainData` for a dataset name (:data:`DATASETS`; ``synthetic[:<n>]`` generates data). ``val_images``
+    holds that many training images out (the same for every seed), then ``train_subset`` / ``eval_subset`` keep that
+    many of the rest / of the test images. ``classes`` (e.g. "5-9") keeps those classes, relabelled from 0, after the
+    hold-out: runs on classes 0-4 and 5-9 never share an image."""
     wanted = parse_classes(classes)
     name = str(name).lower()
     root = Path(root or os.environ.get("EV2_DATASETS", "datasets"))

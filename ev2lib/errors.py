@@ -39,7 +39,6 @@ class SearchLogError(Ev2Error, ValueError):
 def cli_main(fn):
     """Run ``fn()`` as a command-line program: an :class:`Ev2Error` becomes one line on stderr and exit code 2."""
     import sys
-
     try:
         return fn()
     except Ev2Error as e:

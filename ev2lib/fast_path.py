@@ -1,11 +1,9 @@
-"""The fast path: how fast ev2lib trains EfficientNetV2-S on one accelerator, next to torchvision's V2-S.
+"""The fast path: how fast ev2lib trains EfficientNetV2-S on one accelerator, next to torchvision's V2-S (§1, §3.2).
 
-The paper's headline is training speed (§1, Figure 1, §3.2). Every row times the same function, the loop's own
-:func:`ev2lib.train.train_step`, on the same batch: ``ev2lib`` (bf16 autocast, channels_last, ``torch.compile``),
-``torchvision eager`` (as a reader first runs it: fp32, whose convolutions a GPU runs in TF32 unless told otherwise;
-its row's ``precision`` says which) and ``torchvision, same settings``. Each row is built, compiled and warmed up untimed
-first (compile time reported apart); then the rows are timed *interleaved*, one step of each in turn, so a drift of
-the machine touches all alike. The input pipeline's share of a step is timed beside them (:func:`data_time`).
+Every row times the loop's own :func:`ev2lib.train.train_step` on the same batch: ``ev2lib`` (bf16, channels_last,
+``torch.compile``), ``torchvision eager`` (fp32 as a reader first runs it; ``precision`` says whether TF32) and
+``torchvision, same settings``. Rows are built, compiled and warmed up untimed, then timed *interleaved*, one step of
+each in turn, so a drift of the machine touches all alike; the input pipeline is timed beside them.
 
     python -m ev2lib.fast_path --device cuda --save fast_path_gpu --profile colab
 """
@@ -100,7 +98,6 @@ def data_time(batch_size: int, image_size: int, device, repeats: int = 20, warmu
     ``image_size``, flip, RandAugment 10, then mixup (alpha 0.8) on half the batch and CutMix (1.0) on the other."""
     from .augment import augment_batch, mix_batch
     from .data import synthetic
-
     xs, ys = (t.to(device) for t in synthetic(pool, 1000, source_size, seed=0))
     step = iter(range(10**9))
 
@@ -133,7 +130,6 @@ def main(argv=None) -> dict:
 
     def save(rec):
         from . import results
-
         return results.save(args.save, rec, config=vars(args), command=command, profile=args.profile,
                             device=rec["device"])
 

@@ -63,7 +63,6 @@ def json_cache(path: str | Path | None, compute):
 def load_torch(path: str | Path, map_location="cpu"):
     """``torch.load(path, weights_only=True)`` with one-line errors for a missing or corrupt file."""
     import torch
-
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

@@ -215,11 +215,10 @@ def create_model(name: str | ModelConfig, num_classes: int = 1000, dropout: floa
                  drop_path_rate: float | None = None, fused_stages=None, padding: str = "symmetric",
                  bn_eps: float | None = None, bn_momentum: float | None = None, pretrained: str | None = None,
                  **config_overrides) -> EfficientNet:
-    """Build a network by name (:func:`list_models`) or from a :class:`ModelConfig`. ``dropout`` /
-    ``drop_path_rate`` override the variant's rates; ``fused_stages`` turns those stages' MBConv into Fused-MBConv
-    (Table 3: ``range(1, 4)`` is "Fused stage1-3"); ``padding`` is "symmetric" (PyTorch, torchvision weights) or
-    "same" (TensorFlow, timm weights); ``pretrained`` "torchvision" or "timm" loads published weights; any other
-    :class:`ModelConfig` field is an override (e.g. ``stem_stride=1``)."""
+    """A network by name (:func:`list_models`) or :class:`ModelConfig`. ``fused_stages`` turns those stages' MBConv into
+    Fused-MBConv (Table 3: ``range(1, 4)``); ``padding`` "symmetric" (PyTorch, torchvision weights) or "same"
+    (TensorFlow, timm weights); ``pretrained`` "torchvision" or "timm" loads published weights; ``dropout``,
+    ``drop_path_rate`` and any other :class:`ModelConfig` field override the variant's (e.g. ``stem_stride=1``)."""
     cfg = get_config(name)
     changes = {k: v for k, v in dict(dropout=dropout, drop_path_rate=drop_path_rate, bn_eps=bn_eps,
                                       bn_momentum=bn_momentum).items() if v is not None}
@@ -239,10 +238,9 @@ def create_model(name: str | ModelConfig, num_classes: int = 1000, dropout: floa
 
 def init_model(name, num_classes: int, init: str = "", **create_kw) -> EfficientNet:
     """``create_model`` for ``num_classes`` initialised from ``init`` (transfer learning, §5.3): "" (scratch),
-    "torchvision" / "timm" (published weights, with their padding) or an ev2lib checkpoint or ``model.pt`` (with its
-    padding and normalisation, :func:`ev2lib.weights.load_weights`). Every tensor but the classifier's comes from
-    the source bit for bit; the classifier is always new (continuing a run is resuming it, not initialising from it).
-    ``model.init_info`` says what was loaded and, for a bare state dict, what was assumed."""
+    "torchvision" / "timm" or an ev2lib checkpoint or ``model.pt`` (its padding and normalisation,
+    :func:`ev2lib.weights.load_weights`). Every tensor but the classifier's comes from the source bit for bit; the
+    classifier is new. ``model.init_info`` says what was loaded and, for a bare state dict, what was assumed."""
     if not init:
         return create_model(name, num_classes=num_classes, **create_kw)
     if init in SOURCES:

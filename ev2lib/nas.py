@@ -1,12 +1,10 @@
-"""Training-aware neural architecture search (paper §3.3): the search space and the reward. What runs a search
-is :mod:`ev2lib.proxy` (training-aware evaluation) and :mod:`ev2lib.search` (strategies, log, Ray, command line).
+"""Training-aware neural architecture search (paper §3.3): the search space and the reward; :mod:`ev2lib.proxy`
+evaluates candidates and :mod:`ev2lib.search` runs a search.
 
-* **Search space**: per stage of a backbone (as in MnasNet) the operator (MBConv or Fused-MBConv), the number of
-  layers, the kernel (3x3 or 5x5) and the expansion (1, 4 or 6); channels and strides reused ("already searched").
-  MBConv stages get squeeze-excitation 0.25, Fused-MBConv stages none, as every published V2 table.
+* **Search space**: per stage of a backbone the operator (MBConv or Fused-MBConv), the layers, the kernel (3 or 5)
+  and the expansion (1, 4 or 6); channels and strides reused. SE 0.25 in MBConv stages, none in fused ones.
 * **Reward**: ``A * S**w * P**v``, w = -0.07, v = -0.05; A accuracy, S training step time, P parameters, S and P
-  divided by a reference model's measured on the same machine (the paper does not say how it normalises).
-"""
+  divided by a reference model's measured on the same machine (the paper does not say how it normalises)."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +24,6 @@ NUM_CLASSES = 10  # of the proxy datasets (CIFAR-10, synthetic)
 
 
 # --- Search space -------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class StageChoice:
@@ -145,7 +142,6 @@ def search_space(backbone: str | ModelConfig = "efficientnetv2_cifar", width: fl
 
 
 # --- Reward: A * S**w * P**v, with S and P measured the same way for the candidates and the reference -------------
-
 
 @dataclass(frozen=True)
 class Reward:

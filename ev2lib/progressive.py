@@ -1,16 +1,14 @@
 """Progressive learning with adaptive regularization (paper §4, Algorithm 1, Table 6) and its baselines.
 
 Training is split into M stages, here **phases** (``Phase``; "stage" stays with Table 4's rows). Phase i trains at
-image size S_i with regularization Φ_i (dropout, RandAugment magnitude, mixup alpha; the official code also ramps
-CutMix), both interpolated between a small, weak start (S_0, Φ_0) and the target (S_e, Φ_e)::
+image size S_i with regularization Φ_i (dropout, RandAugment magnitude, mixup alpha), both interpolated between a
+small, weak start (S_0, Φ_0) and the target (S_e, Φ_e)::
 
     S_i = S_0 + (S_e - S_0) * i / (M - 1)        φ_i = φ_0 + (φ_e - φ_0) * i / (M - 1)        (Algorithm 1)
 
-Weights, optimizer and EMA carry over; only the data pipeline, the mixing and the dropout change
-(:func:`apply_phase`); the learning-rate schedule stays global. The official ``main.py`` differs: sizes at
-(i + 1) / M (V2-S: 171/214/257/300 px), dropout fixed, CutMix ramped with mixup (``official_schedule``). The paper's
-intermediate sizes round to ``size_multiple`` (8: even sizes through three downsamplings, few compiled shapes).
-"""
+Weights, optimizer, EMA and the LR schedule carry over; only the data pipeline, the mixing and the dropout change
+(:func:`apply_phase`). The official ``main.py`` differs (``official_schedule``): sizes at (i + 1) / M, dropout fixed,
+CutMix ramped with mixup. Intermediate sizes round to ``size_multiple`` (8: few compiled shapes)."""
 from __future__ import annotations
 
 import math

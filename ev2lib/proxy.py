@@ -1,11 +1,7 @@
 """Training-aware evaluation of a candidate (paper §3.3): a short proxy training, the measured training step time
-and the parameters (the three terms of :class:`ev2lib.nas.Reward`), and whether the proxy measures anything.
-
-* :class:`ProxyTask` / :data:`PROXIES`: a few epochs at a reduced size, scored at that size on validation images
-  (never the test split); :func:`measure`, :func:`evaluate_candidate`, :func:`reward_relative_to`.
-* :func:`proxy_noise` (one architecture under several seeds) and :func:`proxy_validity` (architectures retrained
-  longer, :data:`LONG_PROXIES`; compare the rankings with :func:`ev2lib.stats.kendall_tau`).
-"""
+and the parameters (the terms of :class:`ev2lib.nas.Reward`), and whether the proxy measures anything:
+:func:`proxy_noise` (one architecture under several seeds) and :func:`proxy_validity` (rankings against a longer
+training, :data:`LONG_PROXIES`). Candidates are scored on validation images, never the test split."""
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +36,6 @@ def measure(config: ModelConfig, proxy: ProxyTask) -> tuple[float, int]:
     CPU with one thread the seconds are the process's CPU time, which a process running beside it cannot stretch."""
     from .bench import make_train_step, time_calls
     from .model import EfficientNet
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with _torch_threads(proxy.threads):
         model = EfficientNet(config, num_classes=NUM_CLASSES).to(device)
@@ -84,8 +79,7 @@ PROXIES = {  # the search presets, by ev2lib's profile names; "colab" and "full"
                       batch_size=128, timing_batch=128, timing_repeats=20),
 }
 
-# The longer training that checks the proxy's ranking (:func:`proxy_validity`), by the same profile names: the same
-# size and validation images, more training images and epochs.
+# The longer training that checks the proxy's ranking (:func:`proxy_validity`): more images and epochs.
 LONG_PROXIES = {
     "smoke": dataclasses.replace(PROXIES["smoke"], epochs=2),
     "cpu-reference": dataclasses.replace(PROXIES["cpu-reference"], train_images=12000, epochs=10),  # 3.75x the steps
@@ -99,9 +93,7 @@ def proxy_train(config: ModelConfig, proxy: ProxyTask) -> float:
     top-1 accuracy on the proxy's validation images (``proxy.val_images`` held out of the training split), scored
     at the training size ``proxy.image_size``."""
     import tempfile
-
     from .train import make_config, train
-
     with tempfile.TemporaryDirectory(prefix="ev2nas_") as out:
         cfg = make_config("smoke", model=config, data=proxy.data, epochs=proxy.epochs, batch_size=proxy.batch_size,
                           image_size=proxy.image_size, eval_size=proxy.image_size, crop="pad", lr=proxy.lr,
@@ -139,13 +131,11 @@ def reward_relative_to(reference: ModelConfig, proxy: ProxyTask, w: float = PAPE
 
 # --- Does the proxy measure anything? Its noise (seeds) and its validity (rank agreement with longer training) ----
 
-
 def proxy_noise(config: ModelConfig, proxy: ProxyTask, seeds, reward: Reward | None = None, train_fn=None,
                 cache=None) -> list[dict]:
-    """The same architecture evaluated under each seed (:func:`evaluate_candidate` with ``proxy.seed = seed``: the
-    initialisation, the training subset and the batch order change; the validation images do not). One record per
-    seed: ``{"seed", "accuracy", "step_time", "params", "seconds"}`` plus ``"reward"`` when ``reward`` is given.
-    Its spread is the proxy's noise: differences between architectures smaller than it are not measured."""
+    """The same architecture under each seed (initialisation, training subset and batch order change; the validation
+    images do not): ``{"seed", "accuracy", "step_time", "params", "seconds"}`` (+ ``"reward"``) a seed. Its spread is
+    the proxy's noise: smaller differences between architectures are not measured."""
     out = []
     for seed in seeds:
         key = json.dumps({"stages": [asdict(st) for st in config.stages], "proxy": asdict(proxy), "seed": seed})
@@ -167,10 +157,9 @@ def spread_sample(trials: list[dict], n: int = 8) -> list[dict]:
 
 def proxy_validity(trials_or_configs, proxy: ProxyTask, long_proxy: ProxyTask, reward: Reward | None = None,
                    space: SearchSpace | None = None, train_fn=None, cache=None) -> list[dict]:
-    """Per architecture, the proxy's accuracy and reward beside those of a longer training (``long_proxy``). Items are
-    search trials (their logged terms kept, the config rebuilt in ``space``) or configs (evaluated here). S and P
-    belong to the architecture, so the long reward is ``reward(long accuracy, S, P)``; ``reward`` defaults to the
-    un-normalised one (a constant factor changes no ranking)."""
+    """Per architecture, the proxy's accuracy and reward beside a longer training's (``long_proxy``). Items are search
+    trials (config rebuilt in ``space``) or configs. S and P belong to the architecture: the long reward is
+    ``reward(long accuracy, S, P)`` (un-normalised by default: a constant factor changes no ranking)."""
     reward = reward or Reward()
     out = []
     for i, item in enumerate(trials_or_configs):

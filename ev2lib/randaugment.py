@@ -1,17 +1,12 @@
-"""RandAugment as the official code defines it (paper §4, §5.1; official ``autoaugment.py``), on one image and on
-a batch. Each of 2 layers picks one of the 16 :data:`OPS` uniformly and applies it with :func:`op_args`'s argument
-at the magnitude (official 0-10 scale; the paper's 15-25 extrapolate). One op table serves :func:`rand_augment` (one
-uint8 (3, H, W) image, draws from torch's default CPU generator) and :func:`apply_ops` (a batch whose draws were
-made beforehand, each op once on the samples that drew it, on any device).
+"""RandAugment as the official code defines it (paper §4, §5.1; official ``autoaugment.py``): each of 2 layers picks
+one of the 16 :data:`OPS` and applies it with :func:`op_args`'s argument at the magnitude (official 0-10 scale).
+One op table serves :func:`rand_augment` (one uint8 (3, H, W) image, torch's default CPU generator) and
+:func:`apply_ops` (a batch whose draws were made beforehand, each op once on the samples that drew it).
 
-**Translate and Cutout.** The official constants are pixels (100 px and a Cutout half-side of 40 px at level 10)
-at any training size: the same magnitude moves a small image further, relative to its side. ``fixed_side=0`` (the
-default) scales both with the side, as if every image were 224 px; ``fixed_side=S`` uses the pixels of an S-px image
-(``S=224``: the official 100 and 40 px; the CIFAR ablations use their largest size).
-
-Differences from the official code: Contrast blends with the mean grey level (PIL's; the TF code's
-sum(histogram)/256 depends on the image size, a known bug); Posterize's bits clamp to 0-8; rounding may differ by
-one grey level.
+**Translate and Cutout** are pixels in the official code (100 px and a Cutout half-side of 40 px at level 10) at any
+size. ``fixed_side=0`` (default) scales both with the side, as if every image were 224 px; ``fixed_side=S`` uses the
+pixels of an S-px image (``S=224``: the official constants). Differences from the official code: Contrast blends
+with PIL's mean grey (the TF code's depends on the image size, a known bug); Posterize's bits clamp to 0-8.
 """
 from __future__ import annotations
 
@@ -55,7 +50,6 @@ def op_args(op: str, magnitude: float, side: int, fixed_side: int = 0) -> tuple:
 
 
 # --- The ops: uint8 (..., 3, H, W) and the op's argument -> uint8, the same shape ---------------------------------
-
 
 def _affine(img: torch.Tensor, translate=(0.0, 0.0), shear=(0.0, 0.0)) -> torch.Tensor:
     """Official shear/translate: nearest neighbour, fill 128, shear about the top-left corner (output pixel (x, y)
@@ -122,7 +116,6 @@ def rand_augment(img: torch.Tensor, magnitude: float, num_layers: int = NUM_LAYE
 
 
 # --- The batched path ---------------------------------------------------------------------------------------------
-
 
 def argument_table(magnitude: float, side: int, fixed_side: int = 0, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(16,) float: each op's unsigned argument at ``magnitude`` on a ``side``-px square (0 for argument-free ops);

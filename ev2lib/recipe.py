@@ -77,9 +77,7 @@ PROFILES = {
     "smoke": dict(epochs=2, train_subset=2048, eval_subset=1000, batch_size=128, lr=0.1, warmup_epochs=0.3),
     # The CPU reference: full CIFAR-10 at 32 px, 4 epochs (README benchmark).
     "cpu-reference": dict(epochs=4, batch_size=256, lr=0.4, warmup_epochs=0.5, label_smoothing=0.1),
-    # One Colab GPU: EfficientNetV2-B0 on CIFAR-10 upsampled to 64 px with the official augmentation, applied on the
-    # GPU (Colab's 2 CPU cores cannot feed a T4 one image at a time). Sized for about 15 minutes on a T4
-    # (750,000 images at 64 px; an estimate until the GPU kit has timed it).
+    # One Colab GPU: V2-B0 on CIFAR-10 at 64 px, augmented on the GPU (2 CPU cores cannot feed a T4): ~15 min (estimate).
     "colab": dict(model="efficientnetv2_b0", epochs=15, batch_size=256, image_size=64, crop="rrc", lr=0.4,
                   warmup_epochs=1, randaug_magnitude=5, ema_decay=0.999, augment_on="device"),
     # Paper scale (ImageNet layout as ImageFolder, §5.1 / official hparams): RMSProp, 350 epochs, batch 4096.
@@ -100,7 +98,6 @@ def make_config(profile: str = "smoke", **overrides) -> TrainConfig:
 
 
 # --- Optimizer, LR schedule, precision ----------------------------------------------------------------------------
-
 
 class RMSpropTF(torch.optim.Optimizer):
     """RMSProp with TensorFlow 1's semantics, the paper's optimizer. Unlike ``torch.optim.RMSprop``, eps is inside the
@@ -157,9 +154,8 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """The LR schedule's multiplier at ``step``: linear warm-up from 0, then cosine to 0, exponential or constant.
-
-    The exponential decay is staircase and counts from step 0 (not from the end of warm-up), as the official
+    """The LR schedule's multiplier at ``step``: linear warm-up from 0, then cosine to 0, exponential or constant. The
+    exponential decay is staircase from step 0 (not from the end of warm-up), as the official
     ``WarmupLearningRateSchedule``: ``decay_rate ** floor(step / (decay_epochs * steps_per_epoch))``."""
     warm = cfg.warmup_epochs * steps_per_epoch
     if step < warm:
@@ -202,13 +198,11 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 
 RECIPES = {
-    # §5.3: "smaller batch size 512, smaller initial learning rate 0.001 with cosine decay ... fixed 10,000 steps.
-    # Since each model is finetuned with very few steps, we disable weight decay and use a simple cutout data
-    # augmentation." The optimizer is §5.1's RMSProp; nothing else is named, so nothing else is on.
+    # §5.3: "batch size 512, ... learning rate 0.001 with cosine decay ... fixed 10,000 steps ... we disable weight
+    # decay and use a simple cutout data augmentation"; §5.1's RMSProp; nothing else is named, so nothing else is on.
     "paper": dict(batch_size=512, optimizer="rmsprop", lr=0.001, lr_schedule="cosine", warmup_epochs=0.0,
                   steps=10_000, weight_decay=0.0, crop="resize", cutout=0.5, label_smoothing=0.0, ema_decay=0.0),
-    # The official code (ImagenetFt, which the transfer configs inherit): constant LR after a 1-epoch warm-up,
-    # weight decay 1e-5, EMA 0.9996, label smoothing 0.1, dropout ~0 (1e-6), survival 0.8 (drop path 0.2).
+    # The official ImagenetFt (the transfer configs inherit it): constant LR, 1-epoch warm-up, EMA 0.9996, ...
     "official": dict(batch_size=512, optimizer="rmsprop", lr=0.001, lr_schedule="constant", warmup_epochs=1.0,
                      steps=10_000, weight_decay=1e-5, crop="resize", cutout=0.5, label_smoothing=0.1,
                      ema_decay=0.9996, dropout=1e-6, drop_path_rate=0.2),
@@ -223,8 +217,7 @@ SCALES = {
     # CPU reference: the offline experiment's fine-tuning runs (pretrained on classes 0-4, see the chapter).
     "cpu-reference": dict(model="efficientnetv2_cifar_half", data="cifar10", classes="5-9", image_size=32,
                           batch_size=64, steps=500),
-    # One Colab GPU: torchvision's ImageNet V2-S at 224 px, 1,000 steps of 64 (an eightieth of the paper's images),
-    # resized and cut out on the GPU: about 10 minutes on a T4 (an estimate until the GPU kit has timed it).
+    # One Colab GPU: torchvision's V2-S at 224 px, 1,000 steps of 64, augmented on the GPU: ~10 min (estimate).
     "colab": dict(model="efficientnetv2_s", init="torchvision", data="cifar10", image_size=224, batch_size=64,
                   steps=1000, augment_on="device"),
     # The paper: V2-S at its evaluation size, batch 512, 10,000 steps.

@@ -1,14 +1,11 @@
 """Reference results with provenance: the only numbers the rendered book shows that this run did not compute.
-A result is ``data/results/<name>.json``: schema_version, name, profile (cpu-reference, colab or full), command,
-config, data and provenance (git_commit, git_dirty, code, date, hardware, device_type, versions).
+A result is ``data/results/<name>.json``: schema_version, name, profile, command, config, data and provenance.
 
-**Is a result current?** One rule, for result files and run caches alike: while the code it ran is unchanged. The
-code of ``python -m ev2lib.X`` is module ``X`` and every ev2lib module it imports (inside functions too), without
-the plumbing (:data:`PLUMBING`), each compared without comments and docstrings: :func:`code_digests` goes into the
-provenance, :func:`stale_modules` compares, :func:`code_digest` names run caches. ``save`` refuses a smoke profile
-except in a rehearsal's folder (:data:`REHEARSAL`). ``git_commit`` is the checkout ev2lib is imported from
-(``$EV2_GIT_COMMIT`` elsewhere); ``git_dirty`` says whether its ``ev2lib/`` differed from it. The folder: the
-``directory`` argument, ``$EV2_RESULTS_DIR``, or the nearest ``data/results`` at or above the current folder.
+**Is a result current?** While the code it ran is unchanged: for ``python -m ev2lib.X``, module ``X`` and every
+ev2lib module it imports, less :data:`PLUMBING`, without comments and docstrings (:func:`code_digests` in the
+provenance, :func:`stale_modules` to compare, :func:`code_digest` to name run caches). ``save`` refuses a smoke
+profile outside a rehearsal's folder. ``git_commit``: the checkout ev2lib is imported from (else
+``$EV2_GIT_COMMIT``). The folder: ``directory``, ``$EV2_RESULTS_DIR``, or the nearest ``data/results`` above.
 """
 from __future__ import annotations
 
@@ -27,21 +24,17 @@ from .errors import ResultsError
 from .files import atomic_write
 
 SCHEMA_VERSION = 2  # 2: provenance records the code's digests; 1 (older): a result always stale
-# The profile names every registry in ev2lib uses (training, NAS proxies, ablations, chapters' parameters):
-# smoke (CPU, offline, minutes: never a result), cpu-reference (a CPU run at the largest scale that fits),
-# colab (one GPU), full (paper scale).
+# The profile names of every registry in ev2lib: smoke (CPU, minutes, never a result), cpu-reference, colab (one GPU), full.
 PROFILES = ("smoke", "cpu-reference", "colab", "full")
 RESULT_PROFILES = PROFILES[1:]
 REQUIRED_PROVENANCE = ("git_commit", "git_dirty", "date", "hardware", "device_type", "versions")
 REHEARSAL = "REHEARSAL"  # a file of this name marks a rehearsal's results folder: smoke records may go there only
 PACKAGE = Path(__file__).resolve().parent
-# Imported by runs, but they store, label and raise: a change there changes no measured value. (The package's
-# __init__ only re-exports; book and report display results and are never imported by a run.)
+# They store, label, raise or display; no measured value depends on them.
 PLUMBING = ("__init__", "results", "errors", "files", "book", "report")
 
 
 # --- The code a result ran ----------------------------------------------------------------------------------------
-
 
 def code_of(source: str) -> str:
     """What a module computes: its syntax tree without docstrings (comments never reach the tree)."""
@@ -107,7 +100,6 @@ def stale_modules(record: dict, package: Path = PACKAGE) -> list[str]:
 
 # --- Provenance ---------------------------------------------------------------------------------------------------
 
-
 def results_dir(directory: str | Path | None = None) -> Path:
     """The results folder: ``directory``, else ``$EV2_RESULTS_DIR``, else the nearest ``data/results`` at or above
     the current folder (``./data/results`` if there is none, for :func:`save` to create)."""
@@ -132,7 +124,6 @@ def cpu_name() -> str:
 def hardware(device: str | None = None) -> tuple[str, str]:
     """(description, "cuda" | "cpu") of the device a measurement ran on, e.g. ("NVIDIA H100 80GB HBM3", "cuda")."""
     import torch
-
     if (device is None and torch.cuda.is_available()) or (device or "").startswith("cuda"):
         return torch.cuda.get_device_name(), "cuda"
     threads = torch.get_num_threads()
@@ -166,7 +157,6 @@ def provenance(device: str | None = None, module: str | None = None) -> dict:
     import numpy
     import torch
     import torchvision
-
     desc, kind = hardware(device)
     versions = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
                 "numpy": numpy.__version__, "ev2lib": sys.modules[__package__].__version__}  # the package is loaded

@@ -1,13 +1,11 @@
 """Compound scaling (EfficientNet §3.3) and the EfficientNetV2 scaling rules (paper §3.3, last paragraph).
 
-EfficientNet scales a baseline with one coefficient phi: depth ``alpha**phi``, width ``beta**phi``, resolution
-``gamma**phi`` (alpha=1.2, beta=1.1, gamma=1.15 from a grid search on B0; FLOPs grow ~2**phi), channels rounded to
-multiples of 8, layer counts rounded up. B1-B7 and V2-B0..B3 use hand-picked coefficients near the formula
-(:data:`V1_COEFFICIENTS`, :data:`V2_B_COEFFICIENTS`); :func:`scale` is the one implementation of the rule.
-EfficientNetV2 scales S to M/L "using similar compound scaling ... with a few additional optimizations": the
-inference size capped at 480, more layers in later stages; the official code's comments give M ~ (width 1.6, depth
-2.2), L ~ (2.0, 3.1). :func:`compare_stages` shows where the plain rule and the published tables differ.
-Functions take a :class:`~ev2lib.configs.ModelConfig` (this module cannot import :mod:`ev2lib.configs`: it imports it).
+One coefficient phi scales depth ``alpha**phi``, width ``beta**phi`` and resolution ``gamma**phi`` (1.2, 1.1, 1.15;
+FLOPs ~2**phi), channels rounded to multiples of 8, layers rounded up: :func:`scale`. B1-B7 and V2-B0..B3 use
+hand-picked coefficients (:data:`V1_COEFFICIENTS`, :data:`V2_B_COEFFICIENTS`). V2 scales S to M/L with "a few
+additional optimizations" (inference size capped at 480, more layers late; official comments: M ~ (1.6, 2.2),
+L ~ (2.0, 3.1)); :func:`compare_stages` shows where the rule and the tables differ. Functions take a
+:class:`~ev2lib.configs.ModelConfig` (which imports this module).
 """
 from __future__ import annotations
 

@@ -4,13 +4,10 @@
     python -m ev2lib.search --profile cpu-reference --noise --seeds 5 --cache runs/noise.jsonl --save ...
     python -m ev2lib.search --profile cpu-reference --validity --log runs/nas.jsonl --cache runs/v.jsonl --save ...
 
-* **Strategies**: random search ("simply random search" suffices for this space, §3.3) and regularized evolution
-  (Real et al., 2019), ``propose(history) -> ModelConfig``, deterministic given the seed and the history.
-* **Log**: a JSONL header (space, strategy, seed, proxy, reward normalisation), then one fsynced line a finished
-  trial. A rerun skips finished trials and proposes what an uninterrupted search would; a torn last line is dropped
-  with a warning, a damaged line elsewhere is an error.
-* **Loop**: one trial after another, or ``workers`` at a time on Ray (``ev2lib[search]``) in rounds whose proposals
-  see the same history: the result depends on ``workers``, not on timing.
+Strategies: random search (enough for this space, §3.3) and regularized evolution (Real et al., 2019), both
+deterministic given the seed and the history. The log: a JSONL header, then one fsynced line a trial; a rerun skips
+finished trials (a torn last line is dropped with a warning). With ``workers`` on Ray (``ev2lib[search]``), rounds
+of proposals see the same history: the result depends on ``workers``, not on timing.
 """
 from __future__ import annotations
 
@@ -35,7 +32,6 @@ from .stats import kendall_tau
 
 
 # --- Strategies: propose(history) -> ModelConfig, deterministic given (seed, history) -----------------------------
-
 
 class RandomSearch:
     """Uniform random sampling. Proposal i depends only on (seed, i), so a resumed search proposes the same."""
@@ -88,7 +84,6 @@ def strategy(name: str, space: SearchSpace, seed: int = 0, **kw):
 
 # --- Log: a header line, then one line per finished trial ---------------------------------------------------------
 
-
 def read_log(path: str | Path) -> tuple[dict | None, list[dict]]:
     """(header, finished trials) of a log; a torn last line is dropped with a warning (and cut from the file)."""
     path = Path(path)
@@ -136,14 +131,12 @@ def pareto_front(trials: list[dict], keys=(("accuracy", 1), ("step_time", -1), (
 
 # --- Loop ---------------------------------------------------------------------------------------------------------
 
-
 def run_search(space: SearchSpace, trials: int, log: str | Path, proxy: ProxyTask = PROXIES["smoke"],
                strategy_name: str = "random", seed: int = 0, reward: Reward | None = None, train_fn=None,
                workers: int = 1, progress: bool = True, **strategy_kw) -> list[dict]:
     """Run (or resume) a search of ``trials`` trials logged to ``log``; every finished trial. ``reward`` defaults to the
     paper's exponents relative to the backbone measured now (kept in the log); ``workers > 1`` runs on Ray."""
     from tqdm.auto import tqdm
-
     log, strat = Path(log), strategy(strategy_name, space, seed, **strategy_kw)
     header = {"kind": "header", "space": space.describe(), "strategy": strat.name, "strategy_options": strategy_kw,
               "seed": seed, "proxy": asdict(proxy)}
@@ -193,7 +186,6 @@ def _ray_runner(workers: int):
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------------
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ev2lib.search", description=__doc__.split("\n")[0])

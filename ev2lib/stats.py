@@ -1,9 +1,6 @@
-"""The statistics every comparison in the book uses, pure Python (checked against SciPy by the tests):
-:func:`interval` (mean and 95 % Student-t interval over seeds), :func:`paired` (two cells' runs paired by seed),
-:func:`direction` (does an interval exclude 0), :func:`time_to_accuracy`, :func:`kendall_tau` with its exact chance
-between unrelated rankings (:func:`kendall_tau_p`, :func:`kendall_tau_critical`), and :func:`subset_test` (is a
-subset's mean unusual among random subsets of its size).
-"""
+"""The statistics every comparison in the book uses, pure Python (checked against SciPy by the tests): 95 %
+Student-t intervals over seeds (:func:`interval`, :func:`paired`, :func:`direction`), :func:`time_to_accuracy`,
+Kendall's tau with its exact chance (:func:`kendall_tau_p`), and :func:`subset_test`."""
 from __future__ import annotations
 
 import itertools
@@ -15,7 +12,6 @@ from .errors import ConfigError
 
 
 # --- Student's t --------------------------------------------------------------------------------------------------
-
 
 def _betainc(a: float, b: float, x: float) -> float:
     """The regularized incomplete beta function I_x(a, b), by its continued fraction (modified Lentz)."""
@@ -67,7 +63,6 @@ def t_quantile(p: float, df: float) -> float:
 
 # --- Intervals over seeds -----------------------------------------------------------------------------------------
 
-
 def interval(values, level: float = 0.95) -> dict:
     """Mean and ``level`` Student-t interval of ``values``: ``{"mean", "ci95", "n", "values"}`` (``ci95`` is None
     for fewer than 2 values; the key keeps its name at other levels)."""
@@ -117,13 +112,9 @@ def time_to_accuracy(fast: dict, base: dict, key: str = "train_seconds") -> dict
 
 # --- Rank agreement -----------------------------------------------------------------------------------------------
 
-
 def kendall_tau(x, y) -> float:
-    """Kendall's rank correlation tau-b of two equal-length sequences, by the O(n^2) pair count.
-
-    Over all pairs i < j: C concordant, D discordant, Tx tied in x only, Ty tied in y only (tied in both: nowhere).
-    ``tau_b = (C - D) / sqrt((C + D + Tx) (C + D + Ty))``: 1 for the same order, -1 for the reverse; NaN when either
-    sequence is constant."""
+    """Kendall's tau-b of two equal-length sequences by the O(n^2) pair count: C concordant, D discordant, Tx, Ty tied
+    in x or y only, ``(C - D) / sqrt((C + D + Tx) (C + D + Ty))``; NaN when either sequence is constant."""
     x, y = list(x), list(y)
     if len(x) != len(y) or len(x) < 2:
         raise ConfigError(f"kendall_tau needs two sequences of the same length >= 2, got {len(x)} and {len(y)}")
@@ -170,12 +161,10 @@ def kendall_tau_critical(n: int, alpha: float = 0.05) -> float:
 
 # --- A subset against the whole -----------------------------------------------------------------------------------
 
-
 def subset_test(values, subset, draws: int = 20000, seed: int = 0) -> float:
-    """Two-sided permutation test of a subset's mean against the rest of ``values``: ``subset`` holds indices into
-    ``values``; the subsets of the same size drawn at random give the null distribution of the mean, and the p-value
-    is twice the smaller tail (at most 1), as SciPy's ``permutation_test``. Every subset is enumerated when there
-    are at most ``draws`` of them, else ``draws`` are sampled."""
+    """Two-sided permutation test of the mean of ``values[subset]`` against random subsets of the same size: twice the
+    smaller tail (at most 1), as SciPy's ``permutation_test``; every subset when there are at most ``draws``, else
+    ``draws`` samples."""
     values, k = [float(v) for v in values], len(subset)
     if not 0 < k < len(values):
         raise ConfigError(f"subset_test needs a subset of 1 .. {len(values) - 1} of the {len(values)} values, got {k}")

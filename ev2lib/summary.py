@@ -2,11 +2,9 @@
 
     python -m ev2lib.summary efficientnetv2_s --image-size 384
 
-* **MACs**: multiply-accumulates of convolutions and the FC layer, what the paper, the official README ("FLOPs")
-  and torchvision report (V2-S at 384: 8.37 G). **FLOPs**: ``FlopCounterMode``'s count, 2 per MAC. Neither counts
-  BatchNorm, SiLU, the SE gate multiply or pooling.
-* **Activation memory**: the bytes every tensor autograd saves in one training forward pass (batch 1, fp32 unless
-  ``dtype`` says otherwise), by stage: what grows with image size and batch (paper §3.2).
+**MACs**: multiply-accumulates of convolutions and the FC layer, what the paper and torchvision report (V2-S at 384:
+8.37 G); **FLOPs**: ``FlopCounterMode``'s, 2 per MAC; neither counts BatchNorm, SiLU, SE multiply or pooling.
+**Activation memory**: the bytes autograd saves in one training forward pass (batch 1), by stage (§3.2).
 """
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""The training loop (paper §5.1; official ``main.py``): setup, :func:`train_step`, :func:`evaluate`, checkpoints
-and :func:`train`, which strings them together; no framework. ``python -m ev2lib.train --profile smoke`` runs it,
-``torchrun --nproc_per_node=N -m ev2lib.train ...`` on N processes (DDP). It guarantees atomic checkpoints with
-every rank's random state (a rerun resumes bit for bit), training time summed over resumes, one clear line on a
-NaN/inf loss, host-device syncs only when it logs, and a ``model.pt`` that says what a model built from it needs.
-A progressive schedule (:mod:`ev2lib.progressive`) sets size, regularization and dropout every epoch.
-"""
+"""The training loop (paper §5.1; official ``main.py``): setup, :func:`train_step`, :func:`evaluate`, checkpoints and
+:func:`train`; no framework. ``python -m ev2lib.train --profile smoke`` (``torchrun --nproc_per_node=N -m
+ev2lib.train`` for DDP). Atomic checkpoints with every rank's random state (a rerun resumes bit for bit), training
+time summed over resumes, one clear line on a NaN/inf loss, host-device syncs only when it logs, and a ``model.pt``
+that says what a model built from it needs. A progressive schedule sets size, regularization and dropout."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +33,6 @@ __all__ = ["PROFILES", "TrainConfig", "make_config", "setup", "train_step", "eva
 
 
 # --- Setup --------------------------------------------------------------------------------------------------------
-
 
 @dataclass
 class Run:
@@ -186,7 +183,6 @@ def resume(run: Run) -> None:
 
 # --- One step, evaluation -----------------------------------------------------------------------------------------
 
-
 def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
                           enabled=amp not in ("none", "auto"))
@@ -259,7 +255,6 @@ def evaluate_run(run: Run, epoch: float, final: bool, **extra) -> dict:
 
 # --- The loop -----------------------------------------------------------------------------------------------------
 
-
 @contextlib.contextmanager
 def _deterministic(on: bool, device: torch.device):
     """``torch.use_deterministic_algorithms`` for the run only (the process-wide switch is put back after); on CUDA
@@ -296,7 +291,6 @@ def train(cfg: TrainConfig, progressive=None, callbacks=()) -> dict:
     schedule (``phase_at(epoch)``) spanning the run's epochs, or a function ``epochs -> schedule``; ``callbacks``:
     objects with ``on_step_end(run)`` / ``on_epoch_end(run, metrics)``. Returns history, config, out, source, steps."""
     from tqdm.auto import tqdm
-
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     with _deterministic(cfg.deterministic, device):
         run = setup(cfg)
@@ -367,11 +361,9 @@ def read_log(run: str | Path) -> list[dict]:
 
 # --- Command line -------------------------------------------------------------------------------------------------
 
-
 def _parser() -> argparse.ArgumentParser:
     from .progressive import SCHEDULES
     from .recipe import RECIPES
-
     p = argparse.ArgumentParser(prog="python -m ev2lib.train", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="smoke", help=f"preset: {', '.join(PROFILES)} (flags override it)")
     for f in dataclasses.fields(TrainConfig):
@@ -396,7 +388,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     from .progressive import make_schedule
     from .recipe import finetune_config
-
     t0, args = time.perf_counter(), vars(_parser().parse_args(argv))
     profile, result_name, recipe = args.pop("profile"), args.pop("save_result"), args.pop("finetune")
     kind, variant, sizes = args.pop("progressive"), args.pop("progressive_variant"), args.pop("progressive_sizes")

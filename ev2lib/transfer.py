@@ -1,9 +1,7 @@
 """Transfer learning (paper §5.3, Tables 8 and 9) as an offline experiment any machine can run: pretrain on
 CIFAR-10's classes 0-4, then fine-tune on classes 5-9 against training from scratch with the same budget (and at
-the largest size a scratch arm with more steps). Fine-tuning's pieces live where they belong: weights in
-:func:`ev2lib.model.init_model` (``--init``), recipes in :data:`ev2lib.recipe.RECIPES` (``--finetune``).
-``python -m ev2lib.transfer --profile cpu-reference``.
-"""
+the largest size for 4x the steps). Weights load in :func:`ev2lib.model.init_model`, recipes are
+:data:`ev2lib.recipe.RECIPES`. ``python -m ev2lib.transfer --profile cpu-reference``."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,14 +19,11 @@ from .stats import interval, paired
 
 # --- An offline transfer experiment: pretrain on CIFAR-10 classes 0-4, fine-tune on classes 5-9 -------------------
 
-
 @dataclass(frozen=True)
 class TransferExperiment:
-    """Does a pretrained network learn new classes from few images better than one trained from scratch with the
-    same budget? Source task CIFAR-10's classes 0-4, target classes 5-9, at several target sizes. Fine-tuning is the
-    paper's recipe scaled down; the scratch arm trains the same network for the same steps on the same images.
-    Each (method, size) takes its grid's best learning rate on validation (held out of all 50,000 images before the
-    class split); the test split is scored once per run."""
+    """Does a pretrained network learn new classes from few images better than one trained from scratch with the same
+    budget? Source: CIFAR-10's classes 0-4; target: 5-9, at several sizes; both arms the same network, steps and
+    images. Each (method, size) takes its grid's best LR on validation; the test split is scored once a run."""
 
     model: str = "efficientnetv2_cifar_half"
     data: str = "cifar10"
@@ -42,9 +37,8 @@ class TransferExperiment:
     sizes: tuple = (250, 1000, 5000)  # target training images
     steps: int = 500
     batch_size: int = 64
-    # Factor-4 grids around the paper's rates scaled to batch 64 (fine-tuning 0.001 at 512 -> 0.000125; from scratch
-    # §5.1's 0.016 per 256 -> 0.004), widened upward after a first run chose the top of (0.000125, 0.0005, 0.002)
-    # and of (0.001, 0.004, 0.016): a choice at the grid's edge is not a tuned value.
+    # Factor-4 grids about the paper's rates at batch 64 (0.000125 fine-tuning, 0.004 scratch), widened upward
+    # after a first run chose their top: a choice at the grid's edge is not a tuned value.
     finetune_lrs: tuple = (0.0005, 0.002, 0.008)
     scratch_lrs: tuple = (0.004, 0.016, 0.064)
     seeds: tuple = (0, 1, 2)
@@ -72,7 +66,6 @@ LONG = "scratch, longer"  # the scratch arm with e.long_scratch times the steps,
 def pretrain(e: TransferExperiment, out: str | Path, progress: bool = False) -> dict:
     """Train the source network on ``e.source_classes`` into ``out`` (resumable); its final validation accuracy."""
     from .train import make_config, train
-
     cfg = make_config("smoke", model=e.model, data=e.data, classes=e.source_classes, val_images=e.val_images,
                       train_subset=e.pretrain_images, eval_subset=e.eval_subset, epochs=e.pretrain_epochs,
                       batch_size=128, lr=e.pretrain_lr, warmup_epochs=1.0, image_size=e.image_size, crop="pad",
@@ -87,9 +80,7 @@ def target_run(e: TransferExperiment, method: str, size: int, lr: float, seed: i
     """One run on the target task: ``method`` "fine-tuned" (from the checkpoint ``source``), "scratch" or
     :data:`LONG` (from scratch with ``e.long_scratch`` times the steps)."""
     import shutil
-
     from .train import train
-
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: train() would resume an old checkpoint
     cfg = finetune_config("smoke", "paper", model=e.model, data=e.data, classes=e.target_classes,
                           val_images=e.val_images, train_subset=size, eval_subset=e.eval_subset,
@@ -109,9 +100,7 @@ def run_experiment(profile: str | TransferExperiment = "smoke", cache: str | Pat
     """Pretrain, then for each target size and method pick the learning rate on validation (seed 0) and run every
     seed with it. ``cache``: a folder where the source checkpoint and every finished run are kept (resumable)."""
     import tempfile
-
     from .results import code_digest, hardware
-
     e = profile if isinstance(profile, TransferExperiment) else EXPERIMENTS[profile]
     with tempfile.TemporaryDirectory(prefix="ev2_transfer_") as tmp:
         folder = Path(cache) / f"{code_digest('transfer')}-{e.digest()}" if cache else Path(tmp)
@@ -124,7 +113,6 @@ def _run_cells(e: TransferExperiment, folder: Path, tmp: Path, keep: bool, progr
     """Pretrain into ``folder``, then every (size, method) cell: the learning rate tuned on validation (seed 0),
     then the other seeds at it. Finished runs are kept in ``folder / "runs"`` when ``keep``."""
     from tqdm.auto import tqdm
-
     source = pretrain(e, folder / "source", progress)
     grid = {"fine-tuned": e.finetune_lrs, "scratch": e.scratch_lrs, LONG: e.scratch_lrs}
     todo = [(size, m) for size in e.sizes for m in METHODS] + ([(max(e.sizes), LONG)] if e.long_scratch else [])
@@ -174,9 +162,7 @@ def main(argv=None) -> dict:
     import argparse
     import sys
     import time
-
     from . import results
-
     ap = argparse.ArgumentParser(prog="python -m ev2lib.transfer", description="The offline transfer experiment "
                                  "(CIFAR-10 classes 0-4 -> 5-9); fine-tune runs themselves: python -m ev2lib.train "
                                  "--finetune paper --init ...")

@@ -18,8 +18,7 @@ import build_book  # noqa: E402
 import set_repo_url  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
-INSTALL_CELL = '''# Install ev2lib on a fresh runtime (Colab); does nothing where it is already importable.
-import importlib.util, os, subprocess, sys
+INSTALL_CELL = '''import importlib.util, os, subprocess, sys  # install ev2lib on a fresh runtime (Colab), where it is missing
 REPO = "{url}"  # set by ci/set_repo_url.py from _config.yml
 if importlib.util.find_spec("ev2lib") is None:
     subprocess.run(["git", "clone", "--depth", "1", REPO, "ev2book"], check=True)

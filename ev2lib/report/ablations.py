@@ -42,7 +42,6 @@ def table5_grid(rec: dict, variant: str):
     """Table 5's test accuracy (%, mean over seeds) as magnitude x size, Translate/Cutout ``relative`` or
     ``pixels`` (magnitude 0 is the same run in both)."""
     import pandas as pd
-
     rows = [(c["coords"]["randaug"], c["coords"]["image_size"], 100 * c["test_acc_mean"]) for c in rec["cells"]
             if c["coords"].get("translate") in (variant, "none")]
     return pd.DataFrame(rows, columns=["m", "size", "acc"]).pivot(index="m", columns="size", values="acc")
@@ -52,7 +51,6 @@ def frame(rec: dict):
     """One row per cell: seeds, mean validation, test and un-augmented training accuracy (%), the test accuracy's
     95 % interval, mean training time."""
     import pandas as pd
-
     key = rec.get("time", "train_seconds")
     return pd.DataFrame([{"cell": c["name"], "seeds": len(c["runs"]), "validation (%)": 100 * c["val_acc_mean"],
                           "test (%)": 100 * c["test_acc_mean"], "test 95% interval (%)": _span(c["test_acc_ci95"]),
@@ -82,7 +80,6 @@ def calibration(rec: dict):
     """The calibration's candidate regimes: training images, epochs, the unregularized network's training accuracy,
     the validation gain of the best regularized level, whether the gate passes, CPU seconds a run."""
     import pandas as pd
-
     return pd.DataFrame([{"training images": c["train_subset"], "epochs": c["epochs"],
                           "unregularized, training images (%)": 100 * c["gate"]["unregularized_train_acc"]["mean"],
                           "validation gain of regularization (pt)": 100 * c["gate"]["val_gain_tuned_minus_unregularized"]["mean"],

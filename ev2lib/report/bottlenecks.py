@@ -1,10 +1,6 @@
-"""Why EfficientNet trains slowly (paper §3.2, Tables 1 and 2) and what Fused-MBConv changes (§3.2, Table 3): what
-the bench records and the counted architectures say, for the chapters bottlenecks and fused_mbconv.
-
-Timing verdicts use the spread a record holds: two throughputs differ only when their ranges (slowest to fastest
-step) do not overlap; a stage time is a mean without a spread, so a Fused / MBConv stage ratio counts as a change only
-outside the band the two models' whole steps spread over (each one's fastest / slowest, multiplied).
-"""
+"""Why EfficientNet trains slowly (paper §3.2, Tables 1 and 2) and what Fused-MBConv changes (§3.2, Table 3). Two
+throughputs differ only when their ranges (slowest to fastest step) do not overlap; a stage-time ratio (a mean, no
+spread) counts only outside the band the two models' whole steps spread over (each one's fastest / slowest)."""
 from __future__ import annotations
 
 import torch
