@@ -138,23 +138,34 @@ def test_every_profile_registry_uses_the_same_names():
 
 
 def ablation_problems(record: dict) -> list[str]:
-    """What an ablation result must show to count (issue 11): enough data, seeds, a validation split for every
-    choice, a regime where the best configuration is good, and intervals on the paired differences."""
+    """What an ablation result must show to count (issue 23): recorded from committed code, a validation split,
+    three seeds a cell, its calibration gate (the unregularized fixed-size run fits its training images, a tuned
+    level that is not the weakest), paired intervals; Table 12's progressive run ends at the tuned level, Table 13
+    holds the time-averaged control and draws random sizes per seed."""
     d, problems = record["data"], []
-    prof, table = d["profile"], d["table"]
-    if prof["train_subset"] and prof["train_subset"] < 10000:
-        problems.append(f"trains on {prof['train_subset']} images (< 10,000)")
+    prof, table, summary = d["profile"], d["table"], d["summary"]
+    if record["provenance"]["git_dirty"]:
+        problems.append("recorded from uncommitted code (git_dirty)")
     if not prof.get("val_images"):
         problems.append("no validation split: choices would be made on the test split")
-    seeds = {len(c["runs"]) for c in d["cells"]}
-    if min(seeds) < (2 if table == 5 else 3):
-        problems.append(f"{min(seeds)} seeds per cell (Table 5 needs 2, the others 3)")
-    if max(c["test_acc_mean"] for c in d["cells"]) < 0.70:
-        problems.append("the best configuration is below 70% test accuracy: not a regime that can show the effect")
-    # A paired comparison that has no pairs (progressive never reached the baseline's accuracy) is an outcome,
-    # not a missing interval; every comparison that has pairs needs its interval.
-    paired = [v for v in d["summary"].values() if isinstance(v, dict) and v.get("values")]
-    if table != 5 and (not paired or any(v.get("ci95") is None for v in paired)):
+    if min(len(c["runs"]) for c in d["cells"]) < 3:
+        problems.append("fewer than 3 seeds in a cell")
+    gate = summary.get("gate") or {}
+    fit = (gate.get("unregularized_train_acc") or {}).get("mean")
+    if fit is None or fit < prof["min_train_acc"] or prof["min_train_acc"] < 0.95:
+        problems.append(f"the unregularized fixed-size run reaches {fit} training accuracy (< 0.95): it underfits")
+    levels = list(prof["levels"])
+    if gate.get("tuned_level") not in levels[1:]:
+        problems.append(f"tuned level {gate.get('tuned_level')!r} is the weakest (or unknown): nothing to ramp to")
+    if table == 12 and summary.get("progressive_ends_at") != prof["levels"].get(gate.get("tuned_level")):
+        problems.append("Table 12's progressive run does not end at the tuned baseline's regularization")
+    if table == 13:
+        if "test_acc_diff_adaptive_minus_time_averaged" not in summary:
+            problems.append("Table 13 lacks the time-averaged control")
+        if len({tuple(s) for s in summary.get("random_sizes", {}).values()}) < 2:
+            problems.append("random resize uses one size sequence for every seed")
+    pairs = [v for v in summary.values() if isinstance(v, dict) and v.get("values")]
+    if table != 5 and (not pairs or any(v.get("ci95") is None for v in pairs)):
         problems.append("paired differences without 95% intervals")
     return problems
 
@@ -169,23 +180,44 @@ def test_ablation_results_meet_the_standard(name):
     assert ablation_problems(results.load(name, directory=RESULTS)) == []
 
 
-def test_the_ablation_standard_rejects_the_old_underfit_grid():
-    """Negative control: the first CPU grid (2,000 images, no validation split, 20-34% accuracy) fails."""
-    cell = {"runs": [{"seed": s} for s in range(3)], "test_acc_mean": 0.34}
-    old = {"data": {"table": 12, "profile": {"train_subset": 2000}, "cells": [cell],
-                    "summary": {"acc_diff": {"mean": 0.05, "std": 0.03, "n": 3, "values": [0.1, 0.02, 0.03]}}}}
+def test_the_ablation_standard_rejects_the_designs_issue_23_found():
+    """Negative controls: the 10,000-image grid that underfit (training accuracy 0.82, tuned level "none") and
+    whose progressive run ended at the strong level, recorded from a dirty tree, and a Table 13 without the
+    control whose random sizes were one sequence for every seed."""
+    levels = {"none": [0, 0.0, 0.0], "light": [5, 0.0, 0.1], "strong": [15, 0.2, 0.3]}
+    runs = [{"seed": s} for s in range(3)]
+    diff = {"mean": -0.14, "ci95": [-0.2, -0.1], "n": 3, "values": [-0.1, -0.15, -0.17]}
+    gate = {"unregularized_train_acc": {"mean": 0.82}, "tuned_level": "none"}
+    old = {"provenance": {"git_dirty": True},
+           "data": {"table": 12, "profile": {"val_images": 2000, "levels": levels, "min_train_acc": 0.95},
+                    "cells": [{"runs": runs}], "summary": {"gate": gate, "progressive_ends_at": [15, 0.2, 0.3],
+                                                             "test_acc_diff_progressive_minus_tuned": diff}}}
     assert len(ablation_problems(old)) == 4
+    good_gate = {"unregularized_train_acc": {"mean": 1.0}, "tuned_level": "light"}
+    t13 = {"provenance": {"git_dirty": False},
+           "data": {"table": 13, "profile": {"val_images": 2000, "levels": levels, "min_train_acc": 0.95},
+                    "cells": [{"runs": runs}], "summary": {"gate": good_gate, "test_acc_gain_adaptive_random": diff,
+                                                             "random_sizes": {"0": [16, 32], "1": [16, 32]}}}}
+    assert ablation_problems(t13) == ["Table 13 lacks the time-averaged control",
+                                      "random resize uses one size sequence for every seed"]
+    t13["data"]["summary"].update(test_acc_diff_adaptive_minus_time_averaged=diff, random_sizes={"0": [16], "1": [32]})
+    assert ablation_problems(t13) == []
 
 
 def transfer_problems(record: dict) -> list[str]:
-    """What the offline transfer experiment must show to count (issue 13): both methods at three or more target
-    sizes, each with its learning rate chosen on a validation split, three seeds, paired intervals."""
+    """What the offline transfer experiment must show to count (issues 13, 23): both methods at three or more target
+    sizes and a scratch arm with more steps at the largest, each with its learning rate chosen on a validation split,
+    three seeds, paired intervals."""
+    from ev2lib.transfer import LONG
+
     d, problems = record["data"], []
     if not d["experiment"].get("val_images"):
         problems.append("no validation split: the learning rates would be chosen on the test split")
-    sizes = {c["size"] for c in d["cells"]}
-    if len(sizes) < 3 or {(m, s) for m in ("fine-tuned", "scratch") for s in sizes} != {(c["method"], c["size"]) for c in d["cells"]}:
+    sizes, cells = {c["size"] for c in d["cells"]}, {(c["method"], c["size"]) for c in d["cells"]}
+    if len(sizes) < 3 or not {(m, s) for m in ("fine-tuned", "scratch") for s in sizes} <= cells:
         problems.append("not both methods at three or more target sizes")
+    if (LONG, max(sizes)) not in cells or not d["summary"]["test_acc_gain_finetuned_minus_longer_scratch"]:
+        problems.append(f"no {LONG!r} arm at the largest size: the gain cannot be told from the budget")
     if min(c["test_acc"]["n"] for c in d["cells"]) < 3:
         problems.append("fewer than 3 finished seeds per cell")
     if any(len(c["tuning"]) < 2 for c in d["cells"]):
@@ -207,13 +239,14 @@ def test_transfer_results_meet_the_standard(name):
 
 
 def test_the_transfer_standard_rejects_a_smoke_shaped_run():
-    """Negative control: what the smoke profile produces (one size, one seed, one learning rate) fails."""
+    """Negative control: what the smoke profile produces (one size, one seed, one learning rate, no longer scratch
+    arm) fails."""
     from ev2lib.transfer import summarize_transfer
 
     cells = [{"method": m, "size": 128, "lr": 1e-3, "tuning": [{}], "runs": [{"seed": 0, "test_acc": a}],
               "test_acc": {"mean": a, "ci95": None, "n": 1}} for m, a in (("fine-tuned", 0.5), ("scratch", 0.4))]
     smoke = {"data": {"experiment": {"val_images": 500}, "cells": cells, "summary": summarize_transfer(cells)}}
-    assert len(transfer_problems(smoke)) == 4
+    assert len(transfer_problems(smoke)) == 5
 
 
 def _current_module():
