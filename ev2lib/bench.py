@@ -31,9 +31,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def precision(device: str = "cuda") -> str:
-    """The autocast dtype a measurement on ``device`` should use: the training loop's own choice
-    (:func:`ev2lib.recipe.resolve_amp`): bf16 where the hardware runs it natively, fp16 on an older GPU (a T4,
-    whose bf16 is emulated), fp32 on a CPU without bf16."""
+    """The autocast dtype a measurement on ``device`` should use, the training loop's own choice
+    (:func:`ev2lib.recipe.resolve_amp`): bf16 where the hardware runs it natively, fp16 on an older GPU, else fp32."""
     from .recipe import resolve_amp
     return {"none": "fp32"}.get(amp := resolve_amp("auto", torch.device(device)), amp)
 CPU_MEMORY_BUDGET = 8 * 2**30

@@ -60,8 +60,7 @@ def _step(implementation: str, amp: str, channels_last: bool, compile: bool, bat
 def fast_path(batch_size: int = 128, image_size: int = 224, device: str | None = None, repeats: int = 20,
               warmup: int = 5, compile: bool = True, on_progress=None) -> dict:
     """Every setting of :data:`SETTINGS` (``compile=False`` drops torch.compile from all), warmed up one by one,
-    then timed interleaved; the ratios of their median training throughputs and the input pipeline's share.
-    ``on_progress(partial record)`` is called after each warm-up (what a run cut off keeps)."""
+    then timed interleaved; ``on_progress(partial record)`` after each warm-up (what a run cut off keeps)."""
     dev = resolve_device(device or "auto")
     steps, runs = {}, {}
     for name, impl, amp, cl, comp in SETTINGS:

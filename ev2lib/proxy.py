@@ -47,9 +47,8 @@ def measure(config: ModelConfig, proxy: ProxyTask) -> tuple[float, int]:
 
 @dataclass(frozen=True)
 class ProxyTask:
-    """The reduced training every candidate gets (the paper: "about 10 epochs with reduced image size"): trained on
-    ``train_images`` at ``image_size``, scored at the same size on ``val_images`` held out of the training split
-    (the same for every candidate and seed): the search never looks at the test split."""
+    """The reduced training every candidate gets ("about 10 epochs with reduced image size"): ``train_images`` at
+    ``image_size``, scored at that size on ``val_images`` held out of the training split, never the test split."""
 
     data: str = "cifar10"  # an ev2lib.data name; "cifar10" uses the shared offline archive where it exists
     image_size: int = 16  # training and scoring size
@@ -89,9 +88,8 @@ LONG_PROXIES = {
 
 
 def proxy_train(config: ModelConfig, proxy: ProxyTask) -> float:
-    """Default ``train_fn``: train ``config`` on the proxy task with :func:`ev2lib.train.train`; return the final
-    top-1 accuracy on the proxy's validation images (``proxy.val_images`` held out of the training split), scored
-    at the training size ``proxy.image_size``."""
+    """Default ``train_fn``: train ``config`` on the proxy task (:func:`ev2lib.train.train`); return its final top-1
+    accuracy on the proxy's validation images, at the training size ``proxy.image_size``."""
     import tempfile
     from .train import make_config, train
     with tempfile.TemporaryDirectory(prefix="ev2nas_") as out:

@@ -76,9 +76,8 @@ def interval(values, level: float = 0.95) -> dict:
 
 
 def paired(a: list[dict], b: list[dict], key: str, op=lambda x, y: x - y) -> dict:
-    """:func:`interval` of ``op(a[key], b[key])`` over the seeds both lists of runs hold (runs are dicts with a
-    ``"seed"``; a run whose value is None is left out). ``op`` is a difference by default, e.g. ``lambda x, y: x / y``
-    for a ratio."""
+    """:func:`interval` of ``op(a[key], b[key])`` over the seeds both lists of runs hold (a run whose value is None is
+    left out); ``op`` is a difference by default, e.g. ``lambda x, y: x / y`` for a ratio."""
     other = {r["seed"]: r[key] for r in b if r.get(key) is not None}
     return interval([op(r[key], other[r["seed"]]) for r in a if r.get(key) is not None and r["seed"] in other])
 
@@ -142,9 +141,8 @@ def _inversion_counts(n: int) -> list[int]:
 
 
 def kendall_tau_p(tau: float, n: int) -> float:
-    """P(tau >= ``tau``) between two unrelated rankings of ``n`` distinct items: the exact fraction of the n!
-    permutations (tau = 1 - 4 D / (n (n - 1)) with D discordant pairs). One-sided: the chance of agreement at least
-    that strong."""
+    """P(tau >= ``tau``) between two unrelated rankings of ``n`` distinct items, one-sided: the exact fraction of the n!
+    permutations (tau = 1 - 4 D / (n (n - 1)) with D discordant pairs)."""
     if n < 2:
         raise ConfigError(f"kendall_tau_p needs n >= 2, got {n}")
     pairs, counts = n * (n - 1) // 2, _inversion_counts(n)

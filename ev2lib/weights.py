@@ -117,9 +117,8 @@ def weights_info(name: str, source: str) -> PretrainedWeights:
 
 
 def load_pretrained(model, source: str = "torchvision", path: str | None = None, progress: bool = True):
-    """Load published ImageNet weights into ``model`` (downloaded and cached by torch.hub, or read from ``path`` on a
-    machine without internet: :func:`weights_info` gives the URL). ``num_classes != 1000``: every weight but the
-    classifier. ``model.normalization`` becomes the weights' own."""
+    """Load published ImageNet weights into ``model`` (torch.hub's download and cache, or ``path`` offline:
+    :func:`weights_info` gives the URL); with ``num_classes != 1000`` all but the classifier; sets ``normalization``."""
     name = model.config.name
     info = weights_info(name, source)
     if model.padding != info.padding:

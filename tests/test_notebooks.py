@@ -197,6 +197,40 @@ def test_the_coverage_map_says_which_references_are_recorded(row):
                                       f"{COVERAGE_RESULTS[row]}_*.json: update the row")
 
 
+def quoted(row: str, record: dict) -> list[str]:
+    """What the intro's row must quote from the reference it follows: each comparison in the report's own words
+    (difference or ratio, interval, seeds, verdict), so the row changes when the record does."""
+    from ev2lib.report import difference, ratio
+    from ev2lib.report.transfer import BETTER
+
+    s = record["data"]["summary"] if "summary" in record["data"] else record["data"]
+    keys = {"Table 12": ("test_acc_diff_progressive_minus_tuned", "train_time_ratio_progressive_over_tuned",
+                         "test_acc_diff_progressive_minus_equal_time"),
+            "Table 13": ("test_acc_gain_adaptive_progressive", "test_acc_gain_adaptive_random",
+                         "test_acc_diff_adaptive_minus_time_averaged"),
+            "Table 7": ("test_acc_diff_v2_minus_v1", "train_time_ratio_v2_over_v1"),
+            "Figure 1": ("train_time_ratio_v2_over_v1",)}
+    if row == "Table 5":
+        return [", ".join(f"{b[z]:g} at {z} px" for z in sorted(b, key=int)) for b in s["best_magnitude_on_val"].values()]
+    if row == "Table 8":
+        gains = s["test_acc_gain_finetuned_minus_scratch"] | {"longer": s["test_acc_gain_finetuned_minus_longer_scratch"]
+                                                              .get(str(max(record["data"]["experiment"]["sizes"])))}
+        return [difference(v, *BETTER) for v in gains.values()]
+    return [ratio(s[k], "longer", "shorter") if "ratio" in k else difference(s[k]) for k in keys[row]]
+
+
+@pytest.mark.parametrize("row", sorted(COVERAGE_RESULTS))
+def test_the_coverage_map_quotes_the_references_in_their_own_words(row):
+    from ev2lib import results
+
+    record = results.reference(COVERAGE_RESULTS[row], directory=ROOT / "data" / "results")
+    if record is None:
+        pytest.skip(f"{COVERAGE_RESULTS[row]} is not recorded yet")
+    text = coverage_rows((ROOT / "book" / "intro.md").read_text())[row]
+    missing = [q for q in quoted(row, record) if q not in text]
+    assert not missing, f"intro.md's {row} row does not quote {missing} from {record['name']}: update the row"
+
+
 def test_the_coverage_map_covers_every_table_and_figure():
     rows = coverage_rows((ROOT / "book" / "intro.md").read_text())
     assert [f"Table {i}" for i in range(1, 14)] == [r for r in rows if r.startswith("Table ")]
