@@ -200,7 +200,7 @@ def test_the_coverage_map_says_which_references_are_recorded(row):
 def quoted(row: str, record: dict) -> list[str]:
     """What the intro's row must quote from the reference it follows: each comparison in the report's own words
     (difference or ratio, interval, seeds, verdict), so the row changes when the record does."""
-    from ev2lib.report import difference, ratio
+    from ev2lib.report import difference, points, ratio
     from ev2lib.report.transfer import BETTER
 
     s = record["data"]["summary"] if "summary" in record["data"] else record["data"]
@@ -216,7 +216,8 @@ def quoted(row: str, record: dict) -> list[str]:
         gains = s["test_acc_gain_finetuned_minus_scratch"] | {"longer": s["test_acc_gain_finetuned_minus_longer_scratch"]
                                                               .get(str(max(record["data"]["experiment"]["sizes"])))}
         return [difference(v, *BETTER) for v in gains.values()]
-    return [ratio(s[k], "longer", "shorter") if "ratio" in k else difference(s[k]) for k in keys[row]]
+    out = [ratio(s[k], "longer", "shorter") if "ratio" in k else difference(s[k]) for k in keys[row]]
+    return out + ([points(s["gate"]["val_gain_tuned_minus_unregularized"])] if row == "Table 12" else [])
 
 
 @pytest.mark.parametrize("row", sorted(COVERAGE_RESULTS))
