@@ -8,6 +8,7 @@ import pytest
 
 from ev2lib import ablations, results
 from ev2lib.ablations import PROFILES, get_profile, main, result_name, run_table, save_table
+from ev2lib.data import shared_cifar10_path
 from ev2lib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +182,7 @@ def test_the_chapter_finds_the_runs_the_command_made(tmp_path):
     cache = tmp_path / "runs"
     cmd = [sys.executable, "-m", "ev2lib.ablations", "--table", "12", "--profile", "smoke", "--threads", "1",
            "--cache", str(cache), "--save"]
+    cmd += [] if shared_cifar10_path() else ["--data", "synthetic:512"]  # offline, as the chapter's smoke run
     assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600).returncode == 0
     out = tmp_path / "executed.ipynb"
     proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "book" / "ablations.ipynb"), str(out), "-k",
