@@ -72,7 +72,7 @@ LAYOUT_JS = """() => {
   const smokeFirst = [];
   order.join(' ').split('h2').forEach((sec, i) => { const s = sec.indexOf('smoke'), r = sec.indexOf('reference');
     if (s >= 0 && r >= 0 && s < r) smokeFirst.push(i); });
-  const words = (prose.innerText.match(/\b(unverified|recalled|third-party transcription)\b/gi) || []);
+  const words = (prose.innerText.match(/\\b(unverified|recalled|third-party transcription)\\b/gi) || []);
   return {scrollWidth: document.documentElement.scrollWidth, viewport: vw, wide, raw, figures, math, typeset,
           headers, stderr, smokeFirst, words};
 }"""
@@ -296,7 +296,7 @@ def test_the_checks_catch_every_planted_fault(browser, server, html_dir, tmp_pat
     assert any("_planted_big.png" in b and "on a phone" in b for b in found["phone", 390]), found["phone", 390]
     assert any("headers" in b for b in found["header", 390]) and any("stderr" in b for b in found["stderr", 390])
     assert any("smoke-profile figure precedes" in b for b in found["smoke", 1280]), found["smoke", 1280]
-    assert any("recalled" in b and "third-party transcription" in b for b in found["words", 1280])
+    assert any("recalled" in b and "third-party transcription" in b for b in found["words", 1280]), found["words", 1280]
 
 
 def _leaks(html_dir: Path) -> dict:
