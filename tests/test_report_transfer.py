@@ -45,7 +45,7 @@ def test_table9_flowers_is_its_train_and_validation_splits():
     t = rt.TABLE9
     assert len({len(v) for v in t.values()}) == 1
     flowers = t["dataset"].index("Flowers")
-    assert t["training images"][flowers] == 2 * 10 * t["classes"][flowers]  # 10 train + 10 val images a class
+    assert t["train"][flowers] == 2 * 10 * t["classes"][flowers]  # 10 train + 10 val images a class
 
 
 def test_cells_give_epochs_interval_and_the_grid_edge():

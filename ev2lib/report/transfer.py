@@ -5,8 +5,8 @@ from __future__ import annotations
 from . import difference, pct
 from ..recipe import RECIPES
 
-TABLE9 = {"dataset": ["CIFAR-10", "CIFAR-100", "Flowers", "Cars"], "training images": [50_000, 50_000, 2_040, 8_144],
-          "test images": [10_000, 10_000, 6_149, 8_041], "classes": [10, 100, 102, 196]}  # the official splits agree
+TABLE9 = {"dataset": ["CIFAR-10", "CIFAR-100", "Flowers", "Cars"], "train": [50_000, 50_000, 2_040, 8_144],
+          "test": [10_000, 10_000, 6_149, 8_041], "classes": [10, 100, 102, 196]}  # the official splits agree
 BETTER = ("fine-tuning better", "scratch better")
 NAMES = {"lr": "learning rate", "lr_schedule": "learning-rate schedule", "ema_decay": "EMA decay"}
 
