@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ev2lib import fast_path, results
+from ev2lib.data import shared_cifar10_path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "ci"))
@@ -41,6 +42,8 @@ def test_every_section_saves_what_it_promises_on_the_gpu():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shared_cifar10_path() is None, reason="the kit carries the CIFAR-10 archive; set EV2_DATA_DIR "
+                    "to the folder of cifar10_jpeg.npz (the pre-flight without it: the next test)")
 def test_the_rehearsal_preflights_cuts_a_section_off_and_keeps_what_finished(tmp_path):
     """``bash ci/gpu_book.sh OUT --rehearse`` in this environment: the pre-flight's findings in kit.json, fast_path
     complete, Table 12 cut off by a budget forced tiny (7 s; its 8 smoke runs take 10-12 s with start-up; the finished
