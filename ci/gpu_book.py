@@ -12,7 +12,8 @@ executed with papermill in the ``colab`` profile with the kit's run cache. Secti
 under its own budget (seconds on an H100, :data:`ESTIMATES` says what each rests on). A section cut off keeps what
 it finished: results are saved as they come, the finished ablation runs sit in ``OUT/runs``, what the commands
 printed is logged, and ``kit.json`` and ``OUT/gpu_book.tar.gz`` (results, notebooks, runs, log.txt, kit.json) are
-rewritten after every section. A section whose results are current (ci/current.py) is skipped.
+rewritten after every section. Interrupted (Ctrl-C, or the SIGTERM of a time limit), the kit kills the running
+command, marks its section ``interrupted`` and packs what finished. A section whose results are current (ci/current.py) is skipped.
 
 The rehearsal runs the same sections with the smoke profile on the CPU, writes into a results folder marked as a
 rehearsal (``ev2lib.results`` refuses smoke results anywhere else) and needs no network.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -238,29 +240,33 @@ def run_section(s: Section, args, out: Path, env: dict, log, compiles: bool) -> 
     budget = dict(args.budget).get(s.name) or (s.rehearse_budget if args.rehearse else s.budget)
     t0, status = time.perf_counter(), "ok"
     before = {p.name: p.stat().st_mtime for p in (out / "results").glob("*.json")}
-    for cmd in (s.rehearse if args.rehearse else s.gpu):
-        cmd = [c.format(cache=str(out / "runs")) for c in cmd]
-        if s.name == "fast_path" and compiles is False:
-            log("[gpu_book] torch.compile failed in the pre-flight: fast_path measures without it (--no-compile)")
-            cmd.append("--no-compile")
-        status, _ = run([sys.executable, *cmd], budget - (time.perf_counter() - t0), log, env)
-        if status != "ok":
-            break
-    for ch, extra in s.chapters if status == "ok" else ():
-        from build_book import BookError, execute  # the book build's own time-limited papermill run
+    try:
+        for cmd in (s.rehearse if args.rehearse else s.gpu):
+            cmd = [c.format(cache=str(out / "runs")) for c in cmd]
+            if s.name == "fast_path" and compiles is False:
+                log("[gpu_book] torch.compile failed in the pre-flight: fast_path measures without it (--no-compile)")
+                cmd.append("--no-compile")
+            status, _ = run([sys.executable, *cmd], budget - (time.perf_counter() - t0), log, env)
+            if status != "ok":
+                break
+        for ch, extra in s.chapters if status == "ok" else ():
+            from build_book import BookError, execute  # the book build's own time-limited papermill run
 
-        left, t1 = budget - (time.perf_counter() - t0), time.perf_counter()
-        params = {"cache": str(out / "runs"), **dict(zip(extra[::2], extra[1::2]))}
-        try:
-            secs = execute(f"{ch}.ipynb", ROOT / "book", profile, max(left, 1), log, params,
-                           dst=out / "notebooks" / f"{ch}.ipynb", env=env)
-        except BookError as e:
-            log(f"[gpu_book] {e}")
-            status = "cut off" if "time budget" in str(e) else "failed (chapter)"
-            break
-        log(f"[gpu_book] chapter {ch}: ok in {time.perf_counter() - t1:.0f} s")
-        if not s.reuses_runs:  # what the chapter's "run it" box shows as its time on this GPU
-            record_chapter_time(out / "results", ch, secs, profile, "cpu" if args.rehearse else "cuda")
+            left, t1 = budget - (time.perf_counter() - t0), time.perf_counter()
+            params = {"cache": str(out / "runs"), **dict(zip(extra[::2], extra[1::2]))}
+            try:
+                secs = execute(f"{ch}.ipynb", ROOT / "book", profile, max(left, 1), log, params,
+                               dst=out / "notebooks" / f"{ch}.ipynb", env=env)
+            except BookError as e:
+                log(f"[gpu_book] {e}")
+                status = "cut off" if "time budget" in str(e) else "failed (chapter)"
+                break
+            log(f"[gpu_book] chapter {ch}: ok in {time.perf_counter() - t1:.0f} s")
+            if not s.reuses_runs:  # what the chapter's "run it" box shows as its time on this GPU
+                record_chapter_time(out / "results", ch, secs, profile, "cpu" if args.rehearse else "cuda")
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a time limit's): the running command is killed, the rest kept
+        log(f"[gpu_book] {s.name}: interrupted after {time.perf_counter() - t0:.0f} s; what finished is kept")
+        status = "interrupted"
     return {"section": s.name, "what": s.what, "status": status, "seconds": time.perf_counter() - t0,
             "budget": budget, "estimate": ESTIMATES.get(s.name, ""),
             "results": sorted(p.stem for p in (out / "results").glob("*.json") if before.get(p.name) != p.stat().st_mtime)}
@@ -278,7 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, help="H100 minutes of sections to run")
     p.add_argument("--rehearse", action="store_true", help="the same path on the CPU with the smoke profile")
     p.add_argument("--budget", type=_budget, nargs="+", default=[], metavar="SECTION=SECONDS",
-                   help="override a section's budget (the rehearsal's test cuts one off this way)")
+                   help="override a section's budget in seconds")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     for sub in ("results", "notebooks", "runs"):
@@ -287,6 +293,7 @@ def main(argv=None) -> int:
         (out / "results" / "REHEARSAL").write_text("smoke results of ci/gpu_book.py --rehearse: never results\n")
     import torch
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a time limit's SIGTERM ends the kit as Ctrl-C does
     if not args.rehearse and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA GPU visible; on a CPU run `bash ci/gpu_book.sh OUT --rehearse`")
     env = {**os.environ, **caches(out), "EV2_RESULTS_DIR": str(out / "results"), "PYTHONUNBUFFERED": "1",
@@ -314,6 +321,8 @@ def main(argv=None) -> int:
             kit["sections"].append(run_section(s, args, out, env, log, kit["preflight"]["compile"]))
             log(f"[gpu_book] {s.name}: {kit['sections'][-1]['status']} in {kit['sections'][-1]['seconds']:.0f} s")
         write_kit(out, kit)
+        if kit["sections"][-1]["status"] == "interrupted":
+            break
     logfile.close()
     print(f"[gpu_book] packed {out / 'gpu_book.tar.gz'}")
     return 0 if all(k["status"] == "ok" or k["status"].startswith("skipped") for k in kit["sections"]) else 1
