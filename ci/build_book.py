@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -207,6 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="staging folder (default: <root>/_build/book_exec)")
     p.add_argument("--chapters", nargs="*", default=None, help="only these chapters (e.g. book/anatomy)")
     p.add_argument("--budget", type=float, default=None, help="seconds per chapter (default: by profile)")
+    p.add_argument("--jobs", type=int, default=1, help="chapters executed at once (CI's tests: 2, one per core)")
     p.add_argument("--no-html", action="store_true", help="execute only; skip jupyter-book build")
     args = p.parse_args(argv)
     root = args.root.resolve()
@@ -228,16 +230,22 @@ def main(argv=None) -> int:
         listed = [c for c in listed if c[:-6] in wanted]
 
     stage(root, out)
-    rows, failures = [], []
-    for chapter in listed:
+    env = dict(os.environ)
+    if args.jobs > 1:  # kernels side by side share the cores instead of each spinning on all of them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+
+    def run_one(chapter):
         print(f"[book] executing {chapter} (profile {args.profile}, budget {budget:.0f} s)", flush=True)
         t0 = time.perf_counter()
         try:
-            rows.append((chapter, args.profile, execute(chapter, out, args.profile, budget), "ok"))
+            return (chapter, args.profile, execute(chapter, out, args.profile, budget, env=env), "ok"), None
         except BookError as e:
-            rows.append((chapter, args.profile, time.perf_counter() - t0, "FAILED"))
-            failures.append(str(e))
             print(f"[book] FAILED: {e}", flush=True)
+            return (chapter, args.profile, time.perf_counter() - t0, "FAILED"), str(e)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each chapter runs in its own papermill process
+        done = list(pool.map(run_one, listed))
+    rows, failures = [row for row, _ in done], [e for _, e in done if e]
     table = report(rows, budget)
     print(table)
     (out / "timings.json").write_text(json.dumps(

@@ -88,7 +88,7 @@ def html_dir() -> Path:
         assert (path / "index.html").exists(), f"EV2_BOOK_HTML={path} has no index.html"
         return path
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-    proc = subprocess.run([sys.executable, str(ROOT / "ci" / "build_book.py"), "--profile", "smoke"],
+    proc = subprocess.run([sys.executable, str(ROOT / "ci" / "build_book.py"), "--profile", "smoke", "--jobs", "2"],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     print(proc.stdout)
     assert proc.returncode == 0, f"the book build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -377,7 +377,7 @@ def _tiny_book(tmp_path: Path, body: str) -> Path:
 def test_failing_chapter_fails_build_with_name_and_cell(tmp_path):
     root = _tiny_book(tmp_path, 'assert profile == "smoke"\nraise RuntimeError("deliberate failure")')
     proc = subprocess.run([sys.executable, str(ROOT / "ci" / "build_book.py"), "--root", str(root), "--profile",
-                           "smoke"], capture_output=True, text=True, timeout=170)
+                           "smoke", "--jobs", "2"], capture_output=True, text=True, timeout=170)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     err = proc.stderr
     assert "chapter book/tiny.ipynb failed in cell 3 " in err, err  # cell 3 of the committed notebook
