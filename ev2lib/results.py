@@ -37,7 +37,9 @@ PLUMBING = ("__init__", "results", "errors", "files", "book", "report")
 # --- The code a result ran ----------------------------------------------------------------------------------------
 
 def code_of(source: str) -> str:
-    """What a module computes: its syntax tree without docstrings (comments never reach the tree)."""
+    """What a module computes: its syntax tree without docstrings (comments never reach the tree), written alike by
+    every Python, as 3.11's ``ast.dump`` writes it: 3.12 adds ``type_params=[]`` to each function and class, 3.13
+    leaves empty fields out. (Otherwise a result recorded on the GPU machine's or Colab's 3.12 reads as stale here.)"""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -45,7 +47,8 @@ def code_of(source: str) -> str:
                 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
+    text = ast.dump(tree, **({"show_empty": True} if sys.version_info >= (3, 13) else {}))
+    return text.replace(", type_params=[]", "")
 
 
 def imports_of(module: str, package: Path = PACKAGE) -> set[str]:

@@ -2,7 +2,11 @@
 save -> load round-trips with provenance."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -264,6 +268,54 @@ def test_the_code_of_a_result_is_the_modules_its_command_imports_without_plumbin
     assert not {"search", "nas", "proxy", "book", "report", "results", "errors", "__init__"} & ablation  # not run by it
     assert {"search", "proxy", "nas", "bench", "train", "model"} <= set(results.code_digests("search"))
     assert results.command_module("python -m ev2lib.ablations --table 12 --save") == "ablations"
+
+
+def test_the_code_of_a_module_is_written_alike_by_every_python():
+    # 3.11's ast.dump: 3.12 would add type_params=[] to the function, 3.13 drop the empty lists
+    assert results.code_of("def f(x):\n    'doc'\n    return x  # comment\n") == (
+        "Module(body=[FunctionDef(name='f', args=arguments(posonlyargs=[], args=[arg(arg='x')], kwonlyargs=[], "
+        "kw_defaults=[], defaults=[]), body=[Return(value=Name(id='x', ctx=Load()))], decorator_list=[])], "
+        "type_ignores=[])")
+
+
+def _other_pythons():
+    """Other CPython 3.9+ interpreters on this machine (pyenv's, or python3.N on the PATH)."""
+    import glob
+    import shutil
+
+    found = {*glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")),
+             *filter(None, (shutil.which(f"python3.{n}") for n in range(9, 15)))}
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    by_version = {}
+    for exe in sorted(found):
+        v = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                           text=True).stdout.strip()
+        if v and v != mine and tuple(map(int, v.split("."))) >= (3, 9):
+            by_version.setdefault(v, exe)
+    return by_version
+
+
+def test_a_result_recorded_on_another_python_is_current_here():
+    """The GPU machine and Colab run Python 3.12; the code digests they record must match this Python's."""
+    pythons = _other_pythons()
+    if not pythons:
+        pytest.skip("no other Python on this machine")
+    # code_of alone, from results.py's source (the other interpreter has no torch to import ev2lib with)
+    script = ("import ast, hashlib, json, sys, pathlib\n"
+              "src = pathlib.Path(sys.argv[1]).read_text()\n"
+              "fn = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == 'code_of')\n"
+              "ns = {'ast': ast, 'sys': sys}\n"
+              "exec(compile(ast.Module(body=[fn], type_ignores=[]), 'code_of', 'exec'), ns)\n"
+              "print(json.dumps({p.stem: hashlib.sha256(ns['code_of'](p.read_text()).encode()).hexdigest()[:16]\n"
+              "                  for p in sorted(pathlib.Path(sys.argv[2]).glob('*.py'))}))\n")
+    here = {p.stem: hashlib.sha256(results.code_of(p.read_text()).encode()).hexdigest()[:16]
+            for p in sorted((ROOT / "ev2lib").glob("*.py"))}
+    for version, exe in pythons.items():
+        proc = subprocess.run([exe, "-c", script, str(ROOT / "ev2lib" / "results.py"), str(ROOT / "ev2lib")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        there = json.loads(proc.stdout)
+        assert there == here, f"Python {version} digests differ in {sorted(m for m in here if there.get(m) != here[m])}"
 
 
 def _package_copy(tmp_path):
