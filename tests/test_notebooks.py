@@ -240,7 +240,9 @@ def test_the_coverage_map_covers_every_table_and_figure():
 
 
 QUIET_TAGS = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
-MAX_VISIBLE_CODE, MAX_FINDINGS_CELL, MAX_TOTAL_LINES = 40, 25, 7100
+# The total: 7,100 when the display work ended (issue 24); +50 for the first GPU result's display and the code
+# digests that read alike on every Python (2026-12-04). A ceiling raised only with a new result or fix, and said.
+MAX_VISIBLE_CODE, MAX_FINDINGS_CELL, MAX_TOTAL_LINES = 40, 25, 7150
 
 
 def _lines(source: str) -> int:

@@ -63,3 +63,38 @@ def test_pixel_share():
     s = paper_schedule("efficientnetv2_s")
     hand = (87 * 128**2 + 88 * 184**2 + 87 * 240**2 + 88 * 300**2) / (350 * 300**2)
     assert abs(rt.pixel_share(s) - hand) < 1e-12 and rt.pixel_share(s) < rt.pixel_share(official_schedule())
+
+
+def _fast_path(ours=(1432.0, 1520.0, 1657.0), eager=(1125.0, 1132.0, 1146.0), same=(1462.0, 1554.0, 1604.0), share=0.12):
+    def run(q, amp, cl, comp, first):
+        return {"precision": amp, "channels_last": cl, "compile": comp, "first_step_seconds": first,
+                "train_img_s": dict(zip(("q25", "median", "q75"), q))}
+    runs = {"ev2lib": run(ours, "bf16", True, True, 100.0), "torchvision eager": run(eager, "fp32, convolutions in "
+            "TF32", False, False, 0.5), "torchvision, same settings": run(same, "bf16", True, True, 83.0)}
+    return {"data": {"batch_size": 128, "image_size": 224, "runs": runs, "data": {"seconds": {"median": 0.0116},
+            "share_of_ev2lib_step": share}, "goals": {"ev2lib / torchvision eager": 2.0,
+            "ev2lib / torchvision, same settings": 1.0, "data share of the ev2lib step": 0.1},
+            "ratios": {"ev2lib / torchvision eager": ours[1] / eager[1],
+                       "ev2lib / torchvision, same settings": ours[1] / same[1]}}}
+
+
+def test_fast_path_words_follow_the_ratios_goals_and_spreads():
+    text = rt.fast_path_words(_fast_path())
+    assert "1,520 images/s, 1.34× torchvision's eager step in fp32, convolutions in TF32 (faster; goal 2×, not met)" in text
+    assert "0.98× torchvision's network under the same settings (no faster or slower: the interquartile ranges overlap; goal 1×)" in text
+    assert "11.6 ms a batch, 12.0% of the ev2lib step (goal under 10%, not met)" in text and "first step 100 s" in text
+    other = rt.fast_path_words(_fast_path(ours=(2900.0, 3000.0, 3100.0), same=(3200.0, 3300.0, 3400.0), share=0.05))
+    assert "2.65× torchvision's eager step" in other and "(faster; goal 2×, met)" in other
+    assert "0.91× torchvision's network under the same settings (slower;" in other and "(goal under 10%, met)" in other
+
+
+def test_the_recorded_fast_path_reads_as_a_table():
+    from ev2lib import results
+    record = results.reference("fast_path")
+    if record is None:
+        import pytest
+        pytest.skip("no fast_path result recorded")
+    df = rt.fast_path_frame(record)
+    assert list(df["setting"]) == ["ev2lib", "torchvision eager", "torchvision, same settings"]
+    assert list(df["torch.compile"]) == ["yes", "no", "yes"] == list(df["channels_last"]) and df["images/s (median)"].gt(0).all()
+    assert f"{record['data']['ratios']['ev2lib / torchvision eager']:.2f}×" in rt.fast_path_words(record)

@@ -68,3 +68,33 @@ def pixel_share(s) -> float:
     """The pixels a schedule processes relative to every epoch at its last phase's size (sum of epochs × size²)."""
     return sum((p.end_epoch - p.start_epoch) * p.image_size ** 2 for p in s.phases()) / (
         s.total_epochs * s.phases()[-1].image_size ** 2)
+
+
+
+def fast_path_frame(record: dict):
+    """The fast-path record (``python -m ev2lib.fast_path``) as a table: each setting of V2-S's training step, images a
+    second (median and interquartile range of the interleaved steps) and the first step's seconds (the compiling)."""
+    import pandas as pd
+    return pd.DataFrame([{"setting": k, "precision": r["precision"], "channels_last": "yes" if r["channels_last"] else
+                          "no", "torch.compile": "yes" if r["compile"] else "no", "images/s (median)": s["median"],
+                          "images/s (IQR)": f"{s['q25']:,.0f}–{s['q75']:,.0f}", "first step (s)": r["first_step_seconds"]}
+                         for k, r in record["data"]["runs"].items() for s in [r["train_img_s"]]])
+
+
+def fast_path_words(record: dict) -> str:
+    """The fast-path record in words: each ratio against its goal, "faster" or "slower" only where the interquartile
+    ranges do not overlap, the input pipeline's share of the step. A spread over one process's steps, no interval."""
+    d, met = record["data"], lambda ok: "met" if ok else "not met"  # noqa: E731
+    runs, g, share = d["runs"], list(d["goals"].values()), d["data"]["share_of_ev2lib_step"]
+    vs = lambda a, b: ("faster" if a["q25"] > b["q75"] else "slower" if a["q75"] < b["q25"]  # noqa: E731
+                       else "no faster or slower: the interquartile ranges overlap")
+    (ours, eager, same), (r1, r2) = (r["train_img_s"] for r in runs.values()), d["ratios"].values()
+    return (f"EfficientNetV2-S's training step, batch {d['batch_size']} at {d['image_size']} px: ev2lib with bf16, "
+            f"channels_last and torch.compile ran {ours['median']:,.0f} images/s, {r1:.2f}× torchvision's eager step "
+            f"in {runs['torchvision eager']['precision']} ({vs(ours, eager)}; goal {g[0]:g}×, {met(r1 >= g[0])}) and "
+            f"{r2:.2f}× torchvision's network under the same settings ({vs(ours, same)}; goal {g[1]:g}×). The input "
+            f"pipeline on the device took {1e3 * d['data']['seconds']['median']:.1f} ms a batch, {pct(share)} of the "
+            f"ev2lib step (goal under {pct(g[2], 0)}, {met(share < g[2])}). Compiling made the first step "
+            f"{runs['ev2lib']['first_step_seconds']:.0f} s (torchvision's: "
+            f"{runs['torchvision, same settings']['first_step_seconds']:.0f} s). Steps timed interleaved in one process: "
+            f"the ranges are a spread over steps, not an interval over runs.")
