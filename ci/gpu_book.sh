@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU kit: record the book's GPU results in one short call, on a machine with one CUDA GPU and torch installed
 # and no network (issue 12). Sections run in priority order under their own budgets (ci/gpu_book.py has the plan).
-#   bash ci/gpu_book.sh OUT                          # the default sections: ~6 min on an H100, so a rerun fits 15
+#   bash ci/gpu_book.sh OUT                          # the sections not yet current that fit 9 minutes (one 10-minute call)
 #   bash ci/gpu_book.sh OUT --sections table12 v1_v2 # others, later (a section current at this commit is skipped)
 #   bash ci/gpu_book.sh OUT --rehearse               # on a CPU: the same path, smoke profile, fresh venv, no network
 #   PY=.venv/bin/python bash ci/gpu_book.sh OUT --rehearse --sections table12   # rehearse in an existing environment
