@@ -47,11 +47,17 @@ class Section:
     chapters: tuple = ()  # (book/<slug>.ipynb, its extra papermill parameters) executed with the profile afterwards
     rehearse_budget: float = 300.0  # seconds on 2 CPU cores
     reuses_runs: bool = False  # its chapter reuses the runs the commands trained: its time is not a reader's
+    held: str = ""  # why the default plan leaves it out (it runs when named with --sections)
 
 
 BENCH = ("--repeats", "10", "--warmup", "3", "--no-inference", "--device", "cuda", "--dtype", "bf16", "--channels-last")
 BENCH_CPU = ("--repeats", "1", "--warmup", "1", "--no-inference", "--device", "cpu", "--batch-size", "2")
 ABLATIONS = ("-m", "ev2lib.ablations", "--cache", "{cache}", "--save", "--table")
+REGIME_FAILS_GATE = ("the colab regime failed its own gate on the GPU's first run (2026-12-04: after 8 epochs of 10,000 "
+                     "images the unregularized fixed size fit 44% and 36% of its training images, the gate asks 95%; it "
+                     "scored 41% and 35% on validation, every regularized level 16-29%), so no regularization can "
+                     "help there: recalibrate the colab ablation profile (fewer images, more epochs, as the CPU "
+                     "reference) before spending a window on it")
 SECTIONS = (
     Section("fast_path", "EfficientNetV2-S training step: ev2lib vs torchvision (bf16, channels_last, compile)", 260,
             gpu=(("-m", "ev2lib.fast_path", "--save", "fast_path_gpu", "--profile", "colab"),),
@@ -61,11 +67,12 @@ SECTIONS = (
             results=("fast_path_gpu",)),
     Section("table12", "progressive learning vs the tuned fixed size, and the equal-time arm (Table 12)", 330,
             gpu=((*ABLATIONS, "12", "--profile", "colab"),), rehearse=((*ABLATIONS, "12", "--profile", "smoke"),),
-            results=("ablations_table12_gpu",)),
+            results=("ablations_table12_gpu",), held=REGIME_FAILS_GATE),
     Section("v1_v2", "V1-B0 vs V2-B0 and V2-B0 progressive (Table 7, Figure 1)", 120,
             gpu=((*ABLATIONS, "12", "7", "--profile", "colab"),), rehearse=((*ABLATIONS, "12", "7", "--profile",
                                                                              "smoke"),),
-            results=("ablations_table7_gpu",), chapters=(("ablations", ("tables", "12 7")),), reuses_runs=True),
+            results=("ablations_table7_gpu",), chapters=(("ablations", ("tables", "12 7")),), reuses_runs=True,
+            held=REGIME_FAILS_GATE),
     Section("tables_2_3", "image size and Fused-MBConv on the GPU (Tables 2 and 3)", 180,
             gpu=(("-m", "ev2lib.bench", "--model", "efficientnet_b6", "--image-size", "256", "320", "380", "448", "512",
                   "--batch-size", "12", "max", "--max-batch", "--max-batch-limit", "512", *BENCH, "--save",
@@ -112,9 +119,9 @@ NAMES = tuple(s.name for s in SECTIONS)
 
 def plan(sections: list[str] | None, minutes: float, rehearse: bool, is_current=lambda s: False) -> list[Section]:
     """The sections to run, in priority order: the named ones, else sections until the next one's budget would pass
-    ``minutes`` (a later section may need an earlier one's runs, so none is skipped over); a section whose results
-    are current (``is_current(section)``) is listed, to be skipped, and costs nothing. A rehearsal runs every
-    section: its budgets are its own."""
+    ``minutes`` (a later section may need an earlier one's runs, so none is skipped over), leaving out those
+    ``held`` (they run when named); a section whose results are current (``is_current(section)``) is listed, to be
+    skipped, and costs nothing. A rehearsal runs every section: its budgets are its own."""
     if sections:
         bad = [s for s in sections if s not in NAMES]
         if bad:
@@ -123,7 +130,7 @@ def plan(sections: list[str] | None, minutes: float, rehearse: bool, is_current=
     if rehearse:
         return list(SECTIONS)
     chosen, total = [], 0.0
-    for s in SECTIONS:
+    for s in (s for s in SECTIONS if not s.held):
         cost = 0.0 if is_current(s) else s.budget
         if total + cost > minutes * 60:
             break
@@ -317,6 +324,9 @@ def main(argv=None) -> int:
            "sections": []}
     log(f"[gpu_book] {kit['device']}; profile {kit['profile']}; sections {[s.name for s in sections]}; "
         f"pre-flight {kit['preflight']}")
+    for s in SECTIONS if not (args.sections or args.rehearse) else ():
+        if s.held:
+            log(f"[gpu_book] {s.name} is left out (run it with --sections {s.name}): {s.held}")
     write_kit(out, kit)
     if kit["preflight"]["missing"]:
         raise SystemExit("error: pre-flight: missing " + "; ".join(kit["preflight"]["missing"]))

@@ -23,17 +23,37 @@ import gpu_book  # noqa: E402
 
 def test_default_plan_is_the_priority_within_one_ten_minute_call():
     chosen = gpu_book.plan(None, gpu_book.DEFAULT_MINUTES, rehearse=False)
-    assert [s.name for s in chosen] == ["fast_path"]  # table12 would pass 9 minutes: v1_v2 (needing it) is not run
+    # Table 12 and V1 vs V2 are held (their colab regime failed its gate on the GPU) and run only when named
+    assert [s.name for s in chosen] == ["fast_path", "tables_2_3"]  # stage_times would pass 9 minutes
     assert sum(s.budget for s in chosen) <= gpu_book.DEFAULT_MINUTES * 60 <= 9 * 60
-    # a section already current costs nothing: with the fast path recorded, Table 12 and its V1 vs V2 fit
+    # a section already current costs nothing: with the fast path recorded, the next one fits too
     recorded = gpu_book.plan(None, gpu_book.DEFAULT_MINUTES, False, is_current=lambda s: s.name == "fast_path")
-    assert [s.name for s in recorded] == ["fast_path", "table12", "v1_v2"]
+    assert [s.name for s in recorded] == ["fast_path", "tables_2_3", "stage_times"]
+    assert {s.name for s in gpu_book.SECTIONS if s.held} == {"table12", "v1_v2"}
+    assert [s.name for s in gpu_book.plan(["v1_v2", "table12"], 9, False)] == ["table12", "v1_v2"]  # named: run
     assert set(gpu_book.ESTIMATES) == set(gpu_book.NAMES)  # every budget says what it rests on
     assert [s.name for s in gpu_book.SECTIONS] == ["fast_path", "table12", "v1_v2", "tables_2_3", "stage_times"]
     assert [s.name for s in gpu_book.plan(["tables_2_3", "fast_path"], 6, False)] == ["fast_path", "tables_2_3"]
     assert len(gpu_book.plan(None, 6, rehearse=True)) == len(gpu_book.SECTIONS)
     with pytest.raises(SystemExit, match="unknown section"):
         gpu_book.plan(["tables_9"], 6, False)
+
+
+def test_the_budgets_and_the_held_sections_rest_on_the_first_gpu_run():
+    """data/gpu_kit/2026-12-04-h200: what the kit wrote on an H200, and the 9 Table 12 runs it finished."""
+    import statistics
+
+    from ev2lib.ablations import get_profile
+    first = ROOT / "data" / "gpu_kit" / "2026-12-04-h200"
+    kit, budget = json.loads((first / "kit.json").read_text()), {s.name: s.budget for s in gpu_book.SECTIONS}
+    fast = next(s for s in kit["sections"] if s["section"] == "fast_path")
+    assert kit["device"] == "NVIDIA H200" and fast["status"] == "ok" and fast["seconds"] < budget["fast_path"]
+    runs = [json.loads(p.read_text()) for p in sorted((first / "runs").glob("*.json"))]
+    assert 12 * statistics.fmean(r["wall_seconds"] for r in runs) < budget["table12"]  # its 12 runs fit
+    bare = [r for r in runs if len(r["schedule"]) == 1 and not r["schedule"][0]["randaug_magnitude"]
+            and not r["schedule"][0]["dropout"]]  # the unregularized fixed size, one run a seed
+    assert len(bare) == 2 and all(r["train_acc"] < get_profile("colab").min_train_acc for r in bare)  # the gate fails
+    assert all(f"{100 * r['train_acc']:.0f}%" in gpu_book.REGIME_FAILS_GATE for r in bare)  # and the reason says so
 
 
 def test_every_section_saves_what_it_promises_on_the_gpu():
