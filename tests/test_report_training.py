@@ -96,5 +96,5 @@ def test_the_recorded_fast_path_reads_as_a_table():
         pytest.skip("no fast_path result recorded")
     df = rt.fast_path_frame(record)
     assert list(df["setting"]) == ["ev2lib", "torchvision eager", "torchvision, same settings"]
-    assert list(df["torch.compile"]) == ["yes", "no", "yes"] == list(df["channels_last"]) and df["images/s (median)"].gt(0).all()
+    assert list(df["torch.compile"]) == ["yes", "no", "yes"] == list(df["channels last"]) and df["images/s (median)"].gt(0).all()
     assert f"{record['data']['ratios']['ev2lib / torchvision eager']:.2f}×" in rt.fast_path_words(record)

@@ -75,7 +75,7 @@ def fast_path_frame(record: dict):
     """The fast-path record (``python -m ev2lib.fast_path``) as a table: each setting of V2-S's training step, images a
     second (median and interquartile range of the interleaved steps) and the first step's seconds (the compiling)."""
     import pandas as pd
-    return pd.DataFrame([{"setting": k, "precision": r["precision"], "channels_last": "yes" if r["channels_last"] else
+    return pd.DataFrame([{"setting": k, "precision": r["precision"], "channels last": "yes" if r["channels_last"] else
                           "no", "torch.compile": "yes" if r["compile"] else "no", "images/s (median)": s["median"],
                           "images/s (IQR)": f"{s['q25']:,.0f}–{s['q75']:,.0f}", "first step (s)": r["first_step_seconds"]}
                          for k, r in record["data"]["runs"].items() for s in [r["train_img_s"]]])
